@@ -1,0 +1,298 @@
+"""Retrieval metrics over the full ranking of a candidate pool, jitted and without sorting.
+
+Every query ranks all N candidates by score. The metrics only need the rank of each relevant
+candidate, and the rank of candidate r is a count, so nothing is ever sorted:
+
+  rank_r = 1 + #{j : s_j > s_r} + #{j < r : s_j == s_r}.
+
+Ties: among candidates with equal scores the one with the lower index ranks first. This is a strict
+total order, so every candidate gets a distinct rank in 1..N. (trec_eval breaks ties by docno
+descending; naming candidate j with a docno that sorts in reverse index order makes the two agree.)
+
+Per query metrics (binary relevance, all N candidates ranked):
+  ap: average precision, sum over relevant r of (#relevant ranked at or above r) / rank_r,
+    divided by the number of relevant.
+  recall@1, recall@10: fraction of the relevant ranked in the top 1 / top 10.
+  mrr: 1 / the best rank of a relevant candidate.
+  ndcg@10: DCG over the top 10 with gain 1 and discount 1 / log2(rank + 1), divided by the ideal DCG
+    of min(#relevant, 10) relevant at the top.
+  rank_min, rank_max: the best and the worst rank of a relevant candidate. Their difference,
+    averaged over queries, is the rank distance ('language bias') of a multilingual pool.
+
+`relevant` lists each query's relevant candidate indices (in [0, N)) padded with -1; repeated
+indices in a row count once. A query without relevant candidates gets 0 for every metric (mask it
+out of `summarize`). Scores must be finite.
+
+Cost: Q x R x N comparisons. Both entry points process `chunk_size` queries at a time
+(`jax.lax.map`) and count each chunk's comparisons `block_size` candidates at a time
+(`jax.lax.scan`), so memory is O(chunk_size x N); `metrics_from_embeddings` never holds the full
+[Q, N] score matrix.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RECALL_CUTOFFS = (1, 10)
+NDCG_CUTOFF = 10
+# Queries per chunk: 256 x 11 relevant x 13,014 candidates = 37M comparisons (147 MB as int32 if
+# materialised), of which only [256, 11, CANDIDATE_BLOCK_SIZE] (6 MB) are held at once.
+DEFAULT_CHUNK_SIZE = 256
+CANDIDATE_BLOCK_SIZE = 512
+METRIC_NAMES = ('ap', 'recall@1', 'recall@10', 'mrr', 'ndcg@10', 'rank_min', 'rank_max')
+
+# 1 / log2(rank + 1) for rank 1..NDCG_CUTOFF, rounded once from float64.
+_DISCOUNTS = (1.0 / np.log2(np.arange(2, NDCG_CUTOFF + 2))).astype(np.float32)
+# Ideal DCG of k relevant documents at the top, for k = 0..NDCG_CUTOFF.
+_IDEAL_DCG = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, NDCG_CUTOFF + 2)))
+                            ]).astype(np.float32)
+
+
+def _valid_relevant(relevant: jax.Array) -> jax.Array:
+  """Which entries of `relevant` [C, R] are real: not padding and not a repeat of an earlier entry.
+
+  Args:
+    relevant: int32 [C, R] candidate indices, padded with -1.
+
+  Returns:
+    bool [C, R].
+  """
+  r = relevant.shape[1]
+  same = relevant[:, :, None] == relevant[:, None, :]  # [C, R, R']
+  earlier = jnp.arange(r)[None, :] < jnp.arange(r)[:, None]  # [R, R']: r' < r
+  repeated = jnp.any(same & earlier, axis=-1)
+  return (relevant >= 0) & ~repeated
+
+
+def _candidate_blocks(scores: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array]:
+  """Splits the columns of `scores` [C, N] into equal blocks, padded with -inf.
+
+  Args:
+    scores: float32 [C, N].
+    block_size: the most candidates per block.
+
+  Returns:
+    blocks: float32 [num_blocks, C, size]; starts: int32 [num_blocks], each block's first column.
+  """
+  num_rows, num_candidates = scores.shape
+  num_blocks = max(1, -(-num_candidates // block_size))
+  size = max(1, -(-num_candidates // num_blocks))
+  padded = jnp.pad(scores, ((0, 0), (0, num_blocks * size - num_candidates)),
+                   constant_values=-jnp.inf)
+  blocks = padded.reshape(num_rows, num_blocks, size).transpose(1, 0, 2)
+  return blocks, jnp.arange(num_blocks, dtype=jnp.int32) * size
+
+
+def relevant_ranks(scores: jax.Array,
+                   relevant: jax.Array,
+                   *,
+                   block_size: int = CANDIDATE_BLOCK_SIZE) -> jax.Array:
+  """1-based ranks of the relevant candidates, ties broken by candidate index ascending.
+
+  The [C, R, N] comparisons are counted `block_size` candidates at a time (`jax.lax.scan`): XLA's
+  CPU backend does not fuse a comparison into the reduction that counts it, so only a cache-sized
+  [C, R, block_size] block is ever materialised.
+
+  Args:
+    scores: float32 [C, N] finite scores of N candidates for C queries.
+    relevant: int32 [C, R] relevant candidate indices, padded with -1.
+    block_size: the most candidates compared at once.
+
+  Returns:
+    int32 [C, R]: rank_r = 1 + #{j: s_j > s_r} + #{j < r: s_j == s_r}; 0 at padding.
+  """
+  valid = relevant >= 0
+  index = jnp.where(valid, relevant, 0)[:, :, None]  # [C, R, 1]
+  target = jnp.take_along_axis(scores, index[:, :, 0], axis=1)[:, :, None]  # [C, R, 1]
+  blocks, starts = _candidate_blocks(scores, block_size)
+
+  def count_block(count, block_and_start):
+    block, start = block_and_start
+    row = block[:, None, :]  # [C, 1, size]; -inf padding is never ahead of a finite score.
+    column = start + jnp.arange(block.shape[1], dtype=jnp.int32)
+    ahead = (row > target) | ((row == target) & (column < index))  # [C, R, size]
+    return count + jnp.sum(ahead, axis=-1, dtype=jnp.int32), None
+
+  count, _ = jax.lax.scan(count_block, jnp.zeros(relevant.shape, jnp.int32), (blocks, starts))
+  return jnp.where(valid, 1 + count, 0)
+
+
+def metrics_from_ranks(ranks: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
+  """Per query metrics from the ranks of the relevant candidates.
+
+  Args:
+    ranks: int32 [C, R] distinct 1-based ranks of the relevant candidates (any value where invalid).
+    valid: bool [C, R] which slots hold a relevant candidate.
+
+  Returns:
+    A dict of float32 [C] arrays keyed by METRIC_NAMES; zeros for a query without relevant.
+  """
+  n_rel = jnp.sum(valid, axis=-1)
+  has_rel = n_rel > 0
+  denominator = jnp.maximum(n_rel, 1).astype(jnp.float32)
+  rank_f = jnp.maximum(ranks, 1).astype(jnp.float32)
+
+  # Number of relevant ranked at or above each relevant one (ranks are distinct).
+  above = valid[:, None, :] & (ranks[:, None, :] < ranks[:, :, None])  # [C, R, R']
+  position = 1 + jnp.sum(above, axis=-1)
+  ap = jnp.sum(jnp.where(valid, position / rank_f, 0.0), axis=-1) / denominator
+
+  out = {'ap': ap}
+  for k in RECALL_CUTOFFS:
+    out[f'recall@{k}'] = jnp.sum(valid & (ranks <= k), axis=-1) / denominator
+
+  big = jnp.iinfo(jnp.int32).max
+  rank_min = jnp.where(has_rel, jnp.min(jnp.where(valid, ranks, big), axis=-1), 0)
+  rank_max = jnp.max(jnp.where(valid, ranks, 0), axis=-1)
+  out['mrr'] = jnp.where(has_rel, 1.0 / jnp.maximum(rank_min, 1).astype(jnp.float32), 0.0)
+
+  discounts = jnp.asarray(_DISCOUNTS)[jnp.clip(ranks, 1, NDCG_CUTOFF) - 1]
+  dcg = jnp.sum(jnp.where(valid & (ranks <= NDCG_CUTOFF), discounts, 0.0), axis=-1)
+  ideal = jnp.asarray(_IDEAL_DCG)[jnp.minimum(n_rel, NDCG_CUTOFF)]
+  out['ndcg@10'] = jnp.where(has_rel, dcg / jnp.where(has_rel, ideal, 1.0), 0.0)
+
+  out['rank_min'] = rank_min
+  out['rank_max'] = rank_max
+  return {name: out[name].astype(jnp.float32) for name in METRIC_NAMES}
+
+
+def _metrics_core(scores: jax.Array, relevant: jax.Array,
+                  block_size: int) -> dict[str, jax.Array]:
+  """Per query metrics of a chunk of queries: the core shared by both entry points."""
+  ranks = relevant_ranks(scores, relevant, block_size=block_size)
+  return metrics_from_ranks(ranks, _valid_relevant(relevant))
+
+
+def _row_chunks(num_rows: int, chunk_size: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+  """Covers rows 0..num_rows-1 with equal chunks of at most `chunk_size` rows, without padding.
+
+  The last chunk starts early enough to end at the last row, so it may overlap the one before it.
+
+  Args:
+    num_rows: the number of rows (> 0).
+    chunk_size: the most rows per chunk (> 0).
+
+  Returns:
+    starts: int32 [num_chunks] first row of each chunk; size: rows per chunk; and for every row
+    the chunk and the offset in that chunk that hold its result.
+  """
+  num_chunks = -(-num_rows // chunk_size)
+  size = -(-num_rows // num_chunks)
+  starts = np.minimum(np.arange(num_chunks) * size, num_rows - size).astype(np.int32)
+  rows = np.arange(num_rows)
+  chunk = np.minimum(rows // size, num_chunks - 1)
+  return starts, size, chunk, rows - starts[chunk]
+
+
+def _map_row_chunks(fn, arrays: tuple[jax.Array, ...], chunk_size: int) -> dict[str, jax.Array]:
+  """Applies `fn` to equal row chunks of `arrays` with `jax.lax.map`; reassembles the [Q] outputs.
+
+  Args:
+    fn: maps row chunks of `arrays` to a dict of [size] arrays.
+    arrays: arrays sharing their leading dimension Q > 0.
+    chunk_size: the most rows per call of `fn`.
+
+  Returns:
+    fn's dict with every value of shape [Q].
+  """
+  starts, size, chunk, offset = _row_chunks(arrays[0].shape[0], chunk_size)
+
+  def one_chunk(start):
+    return fn(*(jax.lax.dynamic_slice_in_dim(array, start, size, axis=0) for array in arrays))
+
+  out = jax.lax.map(one_chunk, jnp.asarray(starts))
+  return {name: value[chunk, offset] for name, value in out.items()}
+
+
+def _check_inputs(num_queries: int, relevant: jax.Array, chunk_size: int, block_size: int) -> None:
+  if relevant.ndim != 2 or relevant.shape[0] != num_queries:
+    raise ValueError(f'relevant must be [{num_queries}, R], got {relevant.shape}')
+  if num_queries < 1:
+    raise ValueError('need at least one query')
+  if chunk_size < 1 or block_size < 1:
+    raise ValueError(f'chunk_size and block_size must be positive, got {chunk_size}, {block_size}')
+
+
+@functools.partial(jax.jit, static_argnames=('chunk_size', 'block_size'))
+def metrics_from_scores(scores: jax.Array,
+                        relevant: jax.Array,
+                        *,
+                        chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        block_size: int = CANDIDATE_BLOCK_SIZE) -> dict[str, jax.Array]:
+  """Per query retrieval metrics from a full score matrix.
+
+  Args:
+    scores: float [Q, N] finite score of every candidate for every query (higher ranks first).
+    relevant: int32 [Q, R] relevant candidate indices per query, padded with -1.
+    chunk_size: the most queries processed at once.
+    block_size: the most candidates compared at once (see `relevant_ranks`).
+
+  Returns:
+    A dict of float32 [Q] arrays: ap, recall@1, recall@10, mrr, ndcg@10, rank_min, rank_max.
+  """
+  if scores.ndim != 2:
+    raise ValueError(f'scores must be [Q, N], got {scores.shape}')
+  _check_inputs(scores.shape[0], relevant, chunk_size, block_size)
+  return _map_row_chunks(lambda s, r: _metrics_core(s, r, block_size),
+                         (scores.astype(jnp.float32), relevant.astype(jnp.int32)), chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=('chunk_size', 'block_size'))
+def metrics_from_embeddings(queries: jax.Array,
+                            candidates: jax.Array,
+                            relevant: jax.Array,
+                            *,
+                            chunk_size: int = DEFAULT_CHUNK_SIZE,
+                            block_size: int = CANDIDATE_BLOCK_SIZE) -> dict[str, jax.Array]:
+  """Per query retrieval metrics with dot product scores, never holding the [Q, N] score matrix.
+
+  The queries are split into equal chunks of at most `chunk_size` (the last one may overlap the one
+  before it); `jax.lax.map` scores each chunk with one float32 matmul against all candidates and
+  counts ranks as `metrics_from_scores` does. Memory: O(chunk_size x N) scores per chunk.
+
+  Args:
+    queries: float [Q, D] query embeddings.
+    candidates: float [N, D] candidate embeddings.
+    relevant: int32 [Q, R] relevant candidate indices per query, padded with -1.
+    chunk_size: the most queries scored at once.
+    block_size: the most candidates compared at once (see `relevant_ranks`).
+
+  Returns:
+    A dict of float32 [Q] arrays, as `metrics_from_scores(queries @ candidates.T, relevant)`.
+  """
+  if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
+    raise ValueError(f'need queries [Q, D] and candidates [N, D], got {queries.shape} and '
+                     f'{candidates.shape}')
+  _check_inputs(queries.shape[0], relevant, chunk_size, block_size)
+  candidates = candidates.astype(jnp.float32)
+
+  def chunk_metrics(query_chunk, relevant_chunk):
+    scores = jnp.dot(query_chunk, candidates.T, precision=jax.lax.Precision.HIGHEST,
+                     preferred_element_type=jnp.float32)
+    return _metrics_core(scores, relevant_chunk, block_size)
+
+  return _map_row_chunks(chunk_metrics,
+                         (queries.astype(jnp.float32), relevant.astype(jnp.int32)), chunk_size)
+
+
+def summarize(per_query: dict[str, jax.Array],
+              mask: jax.Array | np.ndarray | None = None) -> dict[str, float]:
+  """Means of per query metrics over the queries in `mask`.
+
+  Args:
+    per_query: a dict of [Q] arrays from `metrics_from_scores` / `metrics_from_embeddings`.
+    mask: optional bool [Q]: the queries to average over (default all).
+
+  Returns:
+    The mean of every metric, plus 'rank_distance' = mean(rank_max - rank_min) when both exist.
+  """
+  values = {name: np.asarray(value, dtype=np.float64) for name, value in per_query.items()}
+  if 'rank_min' in values and 'rank_max' in values:
+    values['rank_distance'] = values['rank_max'] - values['rank_min']
+  if mask is not None:
+    mask = np.asarray(mask, dtype=bool)
+    values = {name: value[mask] for name, value in values.items()}
+  return {name: float(value.mean()) if value.size else float('nan')
+          for name, value in values.items()}

@@ -1,0 +1,145 @@
+"""A pure-functional Flax (linen) encoder of the BERT / XLM-R family.
+
+Embeddings (word + position + token type, LayerNorm), post-LN transformer layers (scanned, so the
+layer stack compiles once), mean or CLS pooling and L2 normalisation. Every parameter carries a
+logical axis name ('vocab', 'embed', 'heads', 'mlp', 'layers', 'positions') so a mesh can shard it.
+
+Matmuls take inputs in `dtype` (float32 or bfloat16) and accumulate in float32
+(`preferred_element_type`), which is what uses the AMX units of a Sapphire Rapids CPU and the tensor
+cores of a GPU/TPU. The residual stream, LayerNorm, softmax and pooling stay in float32.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """The architecture of a checkpoint (read from its files, not set by hand)."""
+
+  vocab_size: int
+  hidden: int
+  layers: int
+  heads: int
+  mlp: int
+  max_positions: int
+  type_vocab_size: int
+  position_offset: int  # XLM-R numbers positions from padding_idx + 1 = 2; BERT from 0.
+  layer_norm_eps: float
+  pad_id: int
+
+
+def _param(module, name, init, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class Dense(nn.Module):
+  """y = x @ kernel + bias with `dtype` inputs and float32 accumulation."""
+
+  features: int
+  axes: tuple[str, str]
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = _param(self, 'kernel', nn.initializers.normal(0.02), (x.shape[-1], self.features),
+                    self.axes)
+    bias = _param(self, 'bias', nn.initializers.zeros, (self.features,), self.axes[1:])
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return y + bias
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm in float32 with logical axis names on scale and bias."""
+
+  eps: float
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',))
+    bias = _param(self, 'bias', nn.initializers.zeros, (x.shape[-1],), ('embed',))
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+
+
+class Layer(nn.Module):
+  """One post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
+
+  arch: Arch
+  dtype: jnp.dtype
+  dropout_rate: float
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, attn_bias):
+    a = self.arch
+    batch, length, _ = x.shape
+    head_dim = a.hidden // a.heads
+    drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
+
+    def heads(name):
+      y = Dense(a.hidden, ('embed', 'heads'), self.dtype, name=name)(x)
+      return y.reshape(batch, length, a.heads, head_dim).astype(self.dtype)
+
+    q, k, v = heads('query'), heads('key'), heads('value')
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(head_dim)) + attn_bias
+    probs = drop(jax.nn.softmax(logits, axis=-1))
+    ctx = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(self.dtype), v,
+                     preferred_element_type=jnp.float32).reshape(batch, length, a.hidden)
+    attn = Dense(a.hidden, ('heads', 'embed'), self.dtype, name='out')(ctx)
+    x = LayerNorm(a.layer_norm_eps, name='attn_ln')(x + drop(attn))
+
+    h = Dense(a.mlp, ('embed', 'mlp'), self.dtype, name='mlp_in')(x)
+    h = Dense(a.hidden, ('mlp', 'embed'), self.dtype, name='mlp_out')(
+        jax.nn.gelu(h, approximate=False))
+    x = LayerNorm(a.layer_norm_eps, name='mlp_ln')(x + drop(h))
+    return x, None
+
+
+class Encoder(nn.Module):
+  """Token ids [B, L] and mask [B, L] -> L2-normalised sentence embeddings [B, hidden]."""
+
+  arch: Arch
+  pooling: str = 'mean'  # 'mean' over unmasked tokens, or 'cls' (first token).
+  dtype: jnp.dtype = jnp.float32
+  dropout_rate: float = 0.0
+  remat: bool = False  # recompute layer activations in the backward pass to save memory.
+
+  @nn.compact
+  def __call__(self, ids, mask, deterministic: bool = True):
+    a = self.arch
+    init = nn.initializers.normal(0.02)
+    word = _param(self, 'word_embeddings', init, (a.vocab_size, a.hidden), ('vocab', 'embed'))
+    position = _param(self, 'position_embeddings', init, (a.max_positions, a.hidden),
+                      ('positions', 'embed'))
+    token_type = _param(self, 'token_type_embeddings', init, (a.type_vocab_size, a.hidden),
+                        (None, 'embed'))
+    positions = jnp.arange(ids.shape[1]) + a.position_offset
+    x = jnp.take(word, ids, axis=0) + position[positions][None] + token_type[0]
+    x = LayerNorm(a.layer_norm_eps, name='embeddings_ln')(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+    attn_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
+    layer = nn.remat(Layer, static_argnums=()) if self.remat else Layer
+    stack = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True,
+                                                                    'dropout': True},
+                    in_axes=nn.broadcast, length=a.layers,
+                    metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias)
+
+    if self.pooling == 'mean':
+      m = mask[..., None].astype(jnp.float32)
+      pooled = (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    elif self.pooling == 'cls':
+      pooled = x[:, 0]
+    else:
+      raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+    norm = jnp.sqrt(jnp.sum(jnp.square(pooled), -1, keepdims=True))
+    return pooled / jnp.maximum(norm, 1e-12)

