@@ -1,0 +1,382 @@
+"""Pre-materialised global batches: every step's tokenised batch, written once as TFRecord shards.
+
+`prepare` draws the batch of every step from a `Sampler`, tokenises it, pads it to a bucket length
+and writes one `tf.train.Example` per global batch. The folder is named after a hash of everything
+that determines the batches, so a second run with the same config reuses it and a changed config
+writes a new one. `input_pipeline.make_dataset` reads it back.
+
+Folder `out_root/<hash[:16]>/`:
+  * `shard-<i>-of-<S>.tfrecord`: shard i holds steps i, i+S, i+2S, ... (round robin), so reading
+    the shards in a cycle gives the steps in order.
+  * `manifest.json`: written last; its presence means the folder is complete (see `prepare`).
+Every file is written under a temporary name (`.<name>.tmp-<pid>-<random>`) and renamed into
+place; temporary files an interrupted run left behind are ignored.
+
+Record schema (one `tf.train.Example` per step; B pairs, k hard negatives per pair):
+  * 'step' int64 [1]; 'kind' bytes [1] ('mono', 'cross' or 'mixed').
+  * 'ids', 'query_langs', 'positive_langs': bytes [B] (utf-8).
+  * 'query_tokens', 'query_mask': int64 [B * Lq] (row-major), 'query_shape' int64 [2] = (B, Lq).
+  * 'positive_tokens', 'positive_mask': int64 [B * Lp], 'positive_shape' int64 [2] = (B, Lp).
+  * k > 0 only: 'negative_tokens', 'negative_mask': int64 [B * k * Ln],
+    'negative_shape' int64 [3] = (B, k, Ln).
+Tokens are right-padded with the tokenizer's pad id; masks are 1 on real tokens, 0 on padding.
+Each of Lq, Lp, Ln is the smallest bucket length (see `bucket_lengths`) that holds the longest text
+of its side in that batch, so the train step sees only a few distinct shapes.
+"""
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import sys
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from hbt.batches import sampler as sampler_lib
+from hbt.data.pairs import PairSet
+
+FORMAT_VERSION = 1
+MANIFEST = 'manifest.json'
+BUCKETS = (16, 32, 64, 128, 256, 512)
+DEFAULT_NUM_SHARDS = 8
+HASH_PREFIX = 16
+SIDES = ('query', 'positive', 'negative')
+
+
+def _json_default(value):
+  """JSON encoding of the few non-JSON types a config may hold; a TypeError for others."""
+  if isinstance(value, (np.bool_,)):
+    return bool(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  if isinstance(value, np.floating):
+    return float(value)
+  if isinstance(value, os.PathLike):
+    return os.fspath(value)
+  if isinstance(value, (set, frozenset)):
+    return sorted(value)
+  raise TypeError(f'config_hash: cannot hash a value of type {type(value).__name__}: {value!r}')
+
+
+def canonical_json(fields: Mapping) -> str:
+  """`fields` as canonical JSON: sorted keys, no whitespace, tuples as lists."""
+  return json.dumps(fields, sort_keys=True, separators=(',', ':'), ensure_ascii=False,
+                    allow_nan=False, default=_json_default)
+
+
+def config_hash(fields: Mapping) -> str:
+  """The sha256 (hex) of the canonical JSON of `fields`.
+
+  Args:
+    fields: everything that determines the batches (data source, train langs, val fraction, seed,
+      sampler arguments, batch size, steps, max lengths, hard negatives, tokenizer identity), as
+      JSON-serialisable values (numpy scalars and paths are accepted).
+
+  Returns:
+    64 hex digits.
+
+  Raises:
+    TypeError: a value cannot be encoded as JSON.
+  """
+  return hashlib.sha256(canonical_json(fields).encode('utf-8')).hexdigest()
+
+
+def bucket_lengths(max_length: int) -> tuple[int, ...]:
+  """The padded lengths used for texts of at most `max_length` tokens: BUCKETS capped at it."""
+  return tuple(sorted({min(b, max_length) for b in BUCKETS} | {max_length}))
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+  """The smallest of `buckets` (sorted) that is >= `length`; the largest if none is."""
+  for b in buckets:
+    if b >= length:
+      return b
+  return buckets[-1]
+
+
+def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
+  """`ids` cut to `max_length`, keeping the final (closing special) token."""
+  if len(ids) <= max_length:
+    return ids
+  return np.concatenate([ids[:max_length - 1], ids[-1:]])
+
+
+def pad(seqs: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-pads id arrays (each at most `length` long) to ids and mask [len(seqs), length]."""
+  ids = np.full((len(seqs), length), pad_id, np.int32)
+  mask = np.zeros((len(seqs), length), np.int32)
+  for i, s in enumerate(seqs):
+    ids[i, :len(s)] = s
+    mask[i, :len(s)] = 1
+  return ids, mask
+
+
+def shard_names(num_shards: int) -> list[str]:
+  """The file names of `num_shards` shards."""
+  return [f'shard-{i:05d}-of-{num_shards:05d}.tfrecord' for i in range(num_shards)]
+
+
+def _untruncated(tokenizer):
+  """A copy of `tokenizer` that does not truncate (so truncation can be counted), if it can be."""
+  if dataclasses.is_dataclass(tokenizer) and any(
+      f.name == 'max_length' for f in dataclasses.fields(tokenizer)):
+    return dataclasses.replace(tokenizer, max_length=sys.maxsize)
+  return tokenizer
+
+
+def _cap(max_length: int, tokenizer) -> int:
+  """`max_length`, lowered to the tokenizer's own limit (the model's positions) if it has one."""
+  limit = getattr(tokenizer, 'max_length', None)
+  return int(max_length) if limit is None else min(int(max_length), int(limit))
+
+
+@dataclasses.dataclass
+class EncodedSide:
+  """Tokenised, padded texts of one side of one batch, and their lengths before truncation."""
+
+  tokens: np.ndarray
+  mask: np.ndarray
+  lengths: list[int]
+
+
+def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int) -> EncodedSide:
+  """Tokenises `texts` in one call, truncates to `max_length`, pads to a bucket length."""
+  encoded = tokenizer.encode(list(texts), kind)
+  lengths = [len(ids) for ids in encoded]
+  kept = [truncate(ids, max_length) for ids in encoded]
+  length = bucket_for(max((len(ids) for ids in kept), default=1), bucket_lengths(max_length))
+  tokens, mask = pad(kept, length, tokenizer.pad_id)
+  return EncodedSide(tokens, mask, lengths)
+
+
+def _negative_texts(pairs: PairSet, batch: sampler_lib.Batch, k: int) -> list[str]:
+  """The first k hard negatives of each pair (positive language), flattened pair-major."""
+  texts = []
+  for lang, qid in zip(batch.positive_langs, batch.ids):
+    negatives = pairs.negatives(lang, qid)
+    if len(negatives) < k:
+      raise ValueError(f'pair (lang={lang!r}, id={qid!r}) has {len(negatives)} hard negatives, '
+                       f'but hard_negatives={k} (step {batch.step})')
+    texts.extend(negatives[:k])
+  return texts
+
+
+def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_length: int,
+                 max_passage_length: int, hard_negatives: int = 0) -> dict[str, EncodedSide]:
+  """The tokenised sides of one batch: 'query', 'positive' and, if hard_negatives > 0, 'negative'.
+
+  Negative tokens and mask are [B, k, Ln]; the others [B, L].
+
+  Raises:
+    ValueError: a pair has fewer than `hard_negatives` negatives (names its lang and id).
+  """
+  full = _untruncated(tokenizer)
+  max_query_length = _cap(max_query_length, tokenizer)
+  max_passage_length = _cap(max_passage_length, tokenizer)
+  queries, positives = sampler_lib.batch_texts(pairs, batch)
+  sides = {'query': _encode_side(full, queries, 'query', max_query_length),
+           'positive': _encode_side(full, positives, 'passage', max_passage_length)}
+  if hard_negatives > 0:
+    neg = _encode_side(full, _negative_texts(pairs, batch, hard_negatives), 'passage',
+                       max_passage_length)
+    shape = (len(batch), hard_negatives, neg.tokens.shape[-1])
+    sides['negative'] = EncodedSide(neg.tokens.reshape(shape), neg.mask.reshape(shape), neg.lengths)
+  return sides
+
+
+def _bytes_feature(values: Sequence[str]) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode('utf-8') for v in values]))
+
+
+def _int_feature(values) -> tf.train.Feature:
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(values).ravel().tolist()))
+
+
+def to_example(batch: sampler_lib.Batch, sides: Mapping[str, EncodedSide]) -> bytes:
+  """The serialised tf.train.Example of one global batch (schema in the module docstring)."""
+  feature = {
+      'step': _int_feature([batch.step]),
+      'kind': _bytes_feature([batch.kind]),
+      'ids': _bytes_feature(batch.ids),
+      'query_langs': _bytes_feature(batch.query_langs),
+      'positive_langs': _bytes_feature(batch.positive_langs),
+  }
+  for name, side in sides.items():
+    feature[f'{name}_tokens'] = _int_feature(side.tokens)
+    feature[f'{name}_mask'] = _int_feature(side.mask)
+    feature[f'{name}_shape'] = _int_feature(side.tokens.shape)
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _length_stats(lengths: Sequence[int], max_length: int) -> dict:
+  """Token-length statistics before truncation, and how many texts were truncated."""
+  a = np.asarray(lengths, np.int64)
+  if not len(a):
+    return {'num_texts': 0}
+  return {'num_texts': int(len(a)), 'mean': float(a.mean()),
+          'p50': float(np.percentile(a, 50)), 'p95': float(np.percentile(a, 95)),
+          'max': int(a.max()), 'max_length': int(max_length),
+          'truncated': int(np.count_nonzero(a > max_length))}
+
+
+def _tmp_name(path: pathlib.Path) -> pathlib.Path:
+  """A temporary name beside `path`, unique per process and call."""
+  return path.with_name(f'.{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+  tmp = _tmp_name(path)
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+def read_manifest(shard_dir: str | os.PathLike) -> dict | None:
+  """The manifest of a complete shard folder, or None if it has none (or an unreadable one)."""
+  path = pathlib.Path(shard_dir) / MANIFEST
+  try:
+    return json.loads(path.read_text(encoding='utf-8'))
+  except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    return None
+
+
+def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: int,
+            max_passage_length: int, hard_negatives: int, pad_id: int) -> dict:
+  """What the folder hash covers: the caller's fields plus prepare's own arguments."""
+  return {'fields': fields,
+          'prepare': {'format_version': FORMAT_VERSION, 'batch_size': batch_size,
+                      'num_steps': num_steps, 'max_query_length': max_query_length,
+                      'max_passage_length': max_passage_length,
+                      'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': BUCKETS}}
+
+
+def _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives,
+                        num_shards) -> None:
+  for name, value, low in (('num_steps', num_steps, 1), ('max_query_length', max_query_length, 2),
+                           ('max_passage_length', max_passage_length, 2),
+                           ('hard_negatives', hard_negatives, 0), ('num_shards', num_shards, 1)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+      raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
+
+
+def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.Sampler,
+            pairs: PairSet, tokenizer, num_steps: int, max_query_length: int,
+            max_passage_length: int, hard_negatives: int = 0,
+            num_shards: int = DEFAULT_NUM_SHARDS, progress: bool = True) -> pathlib.Path:
+  """Writes (or reuses) the tokenised global batches of steps 0 .. num_steps-1.
+
+  The folder is `out_root/<hash[:16]>/`, the hash being `config_hash` of `fields` together with
+  this function's own arguments (batch size, num_steps, max lengths, hard_negatives, pad id, bucket
+  set, format version; not num_shards, which changes the layout but not the batches). If it holds
+  a manifest with that hash, it is returned as is. Otherwise every shard and then the manifest are
+  (re)written.
+
+  Texts longer than the max length (lowered to the tokenizer's own `max_length` if that is
+  smaller) are cut to it, keeping the final special token.
+
+  The manifest (`manifest.json`) holds: 'format_version', 'hash', 'fields', 'prepare' (the
+  hashed arguments), 'num_steps', 'batch_size', 'hard_negatives', 'max_query_length',
+  'max_passage_length' (after capping), 'pad_id', 'num_shards', 'shards' (file names, shard i
+  holding steps i, i+S, ...), 'describe' (`sampler.describe` of the batches), 'lengths' (per side:
+  num_texts, mean, p50, p95, max of the lengths before truncation, and 'truncated'), 'buckets'
+  (per side: the allowed lengths and the count of batches padded to each) and 'shapes' (count of
+  batches per 'Lq,Lp' or 'Lq,Lp,Ln').
+
+  Args:
+    out_root: the folder holding shard folders.
+    fields: everything that determines the batches (see `config_hash`); stored in the manifest.
+    sampler: draws the batch of each step.
+    pairs: the PairSet the sampler draws from (texts and negatives).
+    tokenizer: has `encode(texts, kind) -> list of int arrays` and `pad_id` (a TextTokenizer).
+    num_steps: how many steps to write.
+    max_query_length: the most tokens of a query, specials included.
+    max_passage_length: the most tokens of a positive or negative, specials included.
+    hard_negatives: k, the hard negatives per pair (the first k of the pair's positive language).
+    num_shards: how many TFRecord files (at most num_steps are used).
+    progress: show a progress bar.
+
+  Returns:
+    The shard folder.
+
+  Raises:
+    ValueError: a bad argument; a pair with fewer than `hard_negatives` negatives (naming its
+      language and id); the folder holds the manifest of a different config (a hash collision).
+  """
+  _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives, num_shards)
+  num_steps, hard_negatives = int(num_steps), int(hard_negatives)
+  max_q = _cap(max_query_length, tokenizer)
+  max_p = _cap(max_passage_length, tokenizer)
+  hashed = _hashed(fields, sampler.batch_size, num_steps, max_q, max_p, hard_negatives,
+                   int(tokenizer.pad_id))
+  digest = config_hash(hashed)
+  folder = pathlib.Path(out_root) / digest[:HASH_PREFIX]
+  manifest = read_manifest(folder)
+  if manifest is not None:
+    if manifest.get('hash') != digest:
+      raise ValueError(f'{folder} holds the batches of another config (hash '
+                       f'{manifest.get("hash")}, expected {digest})')
+    return folder
+  folder.mkdir(parents=True, exist_ok=True)
+  num_shards = min(int(num_shards), num_steps)
+  names = shard_names(num_shards)
+  summary = _write_shards(folder, names, sampler, pairs, tokenizer, num_steps, max_q, max_p,
+                          hard_negatives, progress)
+  manifest = {
+      'format_version': FORMAT_VERSION, 'hash': digest, 'fields': fields,
+      'prepare': hashed['prepare'], 'num_steps': num_steps, 'batch_size': sampler.batch_size,
+      'hard_negatives': hard_negatives, 'max_query_length': max_q, 'max_passage_length': max_p,
+      'pad_id': int(tokenizer.pad_id), 'num_shards': num_shards, 'shards': names, **summary}
+  _write_atomic(folder / MANIFEST,
+                json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False,
+                           default=_json_default).encode('utf-8'))
+  return folder
+
+
+def _write_shards(folder: pathlib.Path, names: Sequence[str], sampler, pairs, tokenizer,
+                  num_steps: int, max_q: int, max_p: int, hard_negatives: int,
+                  progress: bool) -> dict:
+  """Writes every step round robin into the shards; returns the manifest's summary fields."""
+  finals = [folder / name for name in names]
+  tmps = [_tmp_name(path) for path in finals]
+  max_lengths = {'query': max_q, 'positive': max_p, 'negative': max_p}
+  lengths = {side: [] for side in SIDES}
+  buckets = {side: {} for side in SIDES}
+  shapes = {}
+  batches = []
+  writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in tmps]
+  try:
+    for step in tqdm.trange(num_steps, desc='prepare batches', unit='batch',
+                            disable=not progress):
+      batch = sampler.batch(step)
+      sides = encode_batch(batch, pairs, tokenizer, max_q, max_p, hard_negatives)
+      writers[step % len(writers)].write(to_example(batch, sides))
+      batches.append(batch)
+      for name, side in sides.items():
+        lengths[name].extend(side.lengths)
+        length = str(side.tokens.shape[-1])
+        buckets[name][length] = buckets[name].get(length, 0) + 1
+      shape = ','.join(str(side.tokens.shape[-1]) for side in sides.values())
+      shapes[shape] = shapes.get(shape, 0) + 1
+  except BaseException:
+    for writer in writers:
+      writer.close()
+    for tmp in tmps:
+      tmp.unlink(missing_ok=True)
+    raise
+  for writer in writers:
+    writer.close()
+  for tmp, path in zip(tmps, finals):
+    os.replace(tmp, path)
+  used = [side for side in SIDES if side != 'negative' or hard_negatives > 0]
+  return {
+      'describe': sampler_lib.describe(batches),
+      'lengths': {side: _length_stats(lengths[side], max_lengths[side]) for side in used},
+      'buckets': {side: {'allowed': list(bucket_lengths(max_lengths[side])),
+                         'counts': dict(sorted(buckets[side].items(), key=lambda kv: int(kv[0])))}
+                  for side in used},
+      'shapes': dict(sorted(shapes.items())),
+  }

@@ -1,0 +1,189 @@
+"""TrainState, the optimizer, and the pure, jitted, sharded contrastive train step.
+
+One step function serves every parallelism: the mesh (config.mesh) decides how the global batch
+and the params are split, `jax.jit` with NamedShardings does the rest. The state is donated.
+
+Large global batches: with `accum_steps` > 1 the step is GradCache-style, so the loss still sees the
+whole global batch as negatives: (1) embed every micro-batch without keeping activations, (2) take
+the loss and its gradient w.r.t. the embeddings over the global batch, (3) re-embed each micro-batch
+and backpropagate its slice of that gradient, summing param gradients. Same dropout rng in (1) and
+(3), so the gradient equals the one-shot step's.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from hbt import sharding
+from hbt.train import loss as loss_lib
+
+FROZEN_WHEN_FREEZING = ('word_embeddings',)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes or needs: step counter, trainable and frozen params, optimizer."""
+
+  step: jax.Array
+  params: Any  # trainable params
+  frozen: Any  # params held fixed (the word embeddings when config.train.freeze_embeddings)
+  opt_state: Any
+
+
+def split_params(params: dict, freeze_embeddings: bool) -> tuple[dict, dict]:
+  """(trainable, frozen) top-level subtrees of the encoder params."""
+  frozen_names = FROZEN_WHEN_FREEZING if freeze_embeddings else ()
+  return ({k: v for k, v in params.items() if k not in frozen_names},
+          {k: v for k, v in params.items() if k in frozen_names})
+
+
+def merge_params(state: TrainState, params=None) -> dict:
+  """The full encoder params: trainable (or the given ones) plus frozen."""
+  return {**(state.params if params is None else params), **state.frozen}
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+  """Linear warmup to the peak, then linear decay to 0 at the last step."""
+  t = train_config
+  warmup = optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1))
+  decay = optax.linear_schedule(t.learning_rate, 0.0, max(t.steps - t.warmup_steps, 1))
+  return optax.join_schedules([warmup, decay], [t.warmup_steps])
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """AdamW (decay on matrices only) after optional global-norm clipping."""
+  t = train_config
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(learning_rate_schedule(t), b1=0.9, b2=0.999, eps=1e-6,
+                      weight_decay=t.weight_decay, mask=decay_mask)
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), adamw) \
+      if t.grad_clip_norm > 0 else adamw
+
+
+def _micro(x: jax.Array, accum_steps: int) -> jax.Array:
+  """[B, ...] -> [A, B/A, ...], micro-batch i holding rows i, i+A, ... (spread over devices)."""
+  return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _unmicro(x: jax.Array) -> jax.Array:
+  return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def _texts(batch: dict) -> list[tuple[str, str]]:
+  """The (tokens, mask) keys of the batch's text groups: queries, positives, [negatives]."""
+  groups = [('query_tokens', 'query_mask'), ('positive_tokens', 'positive_mask')]
+  if 'negative_tokens' in batch:
+    groups.append(('negative_tokens', 'negative_mask'))
+  return groups
+
+
+def train_step(state: TrainState, batch: dict, *, module: nn.Module,
+               tx: optax.GradientTransformation, seed: int, temperature: float,
+               symmetric: bool, accum_steps: int = 1) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch; pure. Returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  groups = _texts(batch)
+
+  def embed(params, tokens, mask, key):
+    flat_tokens = tokens.reshape(-1, tokens.shape[-1])
+    out = module.apply({'params': merge_params(state, params)}, flat_tokens,
+                       mask.reshape(flat_tokens.shape), deterministic=False,
+                       rngs={'dropout': key})
+    return out.reshape(*tokens.shape[:-1], out.shape[-1])
+
+  def loss_of(embs):
+    negatives = embs[2] if len(embs) > 2 else None
+    return loss_lib.info_nce(embs[0], embs[1], temperature=temperature, negatives=negatives,
+                             symmetric=symmetric)
+
+  keys = [jax.random.fold_in(rng, g) for g in range(len(groups))]
+  if accum_steps == 1:
+    def full_loss(params):
+      embs = [embed(params, batch[t], batch[m], k) for (t, m), k in zip(groups, keys)]
+      return loss_of(embs), embs
+    (loss, embs), grads = jax.value_and_grad(full_loss, has_aux=True)(state.params)
+  else:
+    micro = [(_micro(batch[t], accum_steps), _micro(batch[m], accum_steps)) for t, m in groups]
+    micro_keys = [jax.random.split(k, accum_steps) for k in keys]
+
+    def embed_all(params):  # (1) embeddings of every micro-batch, activations not kept
+      return [_unmicro(jax.lax.map(lambda a: embed(params, *a), (t, m, k)))
+              for (t, m), k in zip(micro, micro_keys)]
+
+    embs = embed_all(jax.lax.stop_gradient(state.params))
+    loss, emb_grads = jax.value_and_grad(loss_of)(embs)  # (2) loss over the global batch
+    emb_grads = [_micro(g, accum_steps) for g in emb_grads]
+
+    def backprop(acc, i):  # (3) re-embed micro-batch i and push its embedding gradients back
+      def surrogate(params):
+        return sum(jnp.vdot(embed(params, t[i], m[i], k[i]), g[i])
+                   for (t, m), k, g in zip(micro, micro_keys, emb_grads))
+      return jax.tree.map(jnp.add, acc, jax.grad(surrogate)(state.params)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, _ = jax.lax.scan(backprop, zeros, jnp.arange(accum_steps))
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': loss, 'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1]),
+             'l2_grads': optax.tree.norm(grads), 'l2_updates': optax.tree.norm(updates),
+             'l2_params': optax.tree.norm(params)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, module: nn.Module, temperature: float,
+              symmetric: bool) -> dict:
+  """Validation loss and in-batch accuracy (no dropout); pure."""
+  embs = []
+  for t, m in _texts(batch):
+    tokens = batch[t].reshape(-1, batch[t].shape[-1])
+    out = module.apply({'params': merge_params(state)}, tokens, batch[m].reshape(tokens.shape))
+    embs.append(out.reshape(*batch[t].shape[:-1], out.shape[-1]))
+  negatives = embs[2] if len(embs) > 2 else None
+  return {'loss': loss_lib.info_nce(embs[0], embs[1], temperature=temperature,
+                                    negatives=negatives, symmetric=symmetric),
+          'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1])}
+
+
+def state_shardings(module: nn.Module, tx, mesh, rules, freeze_embeddings: bool) -> TrainState:
+  """NamedShardings of the TrainState from the params' logical axis names and config rules."""
+  dummy = jnp.zeros((1, 2), jnp.int32)
+  boxed = jax.eval_shape(module.init, jax.random.key(0), dummy, dummy)['params']
+  trainable, frozen = split_params(boxed, freeze_embeddings)
+  abstract = jax.eval_shape(
+      lambda: TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
+                         opt_state=tx.init(trainable)))
+  return sharding.param_shardings(mesh, abstract, rules)
+
+
+def create_state(params: dict, tx, shardings: TrainState, freeze_embeddings: bool) -> TrainState:
+  """A TrainState at step 0 from pretrained params, placed with `shardings`."""
+  trainable, frozen = split_params(params, freeze_embeddings)
+  trainable = jax.device_put(trainable, shardings.params)
+  frozen = jax.device_put(frozen, shardings.frozen)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+  step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+  return TrainState(step=step, params=trainable, frozen=frozen, opt_state=opt_state)
+
+
+def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: int):
+  """train_step jitted over the mesh: state sharded as `shardings` and donated, batch on 'data'."""
+  fn = functools.partial(train_step, module=module, tx=tx, seed=seed,
+                         temperature=train_config.loss_temperature,
+                         symmetric=train_config.symmetric_loss,
+                         accum_steps=train_config.grad_accum_steps)
+  return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def jit_eval_step(module, shardings: TrainState, mesh, train_config):
+  """eval_step jitted over the mesh."""
+  fn = functools.partial(eval_step, module=module, temperature=train_config.loss_temperature,
+                         symmetric=train_config.symmetric_loss)
+  return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
