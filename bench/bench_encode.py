@@ -204,9 +204,10 @@ def print_table(engines, num_texts: int, num_tokens: int, metric: dict | None) -
   """
   by_name = {e.name: e for e in engines}
   refs = [by_name[n] for n in ('hbt jit bf16', 'hbt jit f32') if n in by_name]
+  short = {r.name: r.name.replace(' jit', '') for r in refs}
   head = (f"{'':38s}{'seconds':>9s}{'texts/s':>9s}{'tokens/s':>10s}"
-          + ''.join(f"{r.name[4:] + ' / this':>16s}" for r in refs)
-          + ''.join(f"{'cos vs ' + r.name[4:] + ' min/mean':>26s}" for r in refs))
+          + ''.join(f"{short[r.name] + ' / this':>16s}" for r in refs)
+          + ''.join(f"{'cos vs ' + short[r.name] + ' min/mean':>26s}" for r in refs))
   print(head)
   print('-' * len(head))
   print(f'encode: {num_texts:,} texts, {num_tokens:,} tokens (specials included)')
