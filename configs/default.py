@@ -74,9 +74,9 @@ def get_config():
   config.train.log_every = 10  # Steps between metric writes / console lines.
 
   config.mesh = ml_collections.ConfigDict()
-  # Mesh axes and sizes; -1 takes the remaining devices. The global batch is split over 'data'.
+  # Mesh axis names. The global batch is split over 'data' (the set of in-batch negatives).
   config.mesh.axes = ('data',)
-  config.mesh.shape = (-1,)
+  config.mesh.shape = (-1,)  # Size of each mesh axis; -1 takes the remaining devices.
   # Logical axis name -> mesh axis (or None: replicated) for params; e.g. ('embed', 'fsdp').
   config.mesh.rules = (('batch', 'data'), ('vocab', None), ('embed', None), ('heads', None),
                        ('mlp', None), ('layers', None), ('positions', None))

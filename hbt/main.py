@@ -26,6 +26,8 @@ _COORDINATOR = flags.DEFINE_string('coordinator', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Warnings and errors only by default (orbax logs every file at INFO); --verbosity=0 shows INFO.
+flags.FLAGS.set_default('verbosity', logging.WARNING)
 
 
 def main(argv):

@@ -3,7 +3,6 @@
 import pathlib
 import time
 
-from absl import logging
 import jax
 
 from hbt import sharding
@@ -33,8 +32,10 @@ def evaluate_model(config, module, params, tokenizer, mesh, benchmark=None) -> d
   results['benchmark'] = benchmark.name
   results['timing'] = {'encode_s': encoded - start, 'score_s': time.perf_counter() - encoded,
                        'tokens': tokens, 'tokens_per_s': tokens / (encoded - start)}
-  logging.info('%s: encoded %d tokens in %.1f s (%.0f tok/s), scored in %.1f s', benchmark.name,
-               tokens, encoded - start, tokens / (encoded - start), results['timing']['score_s'])
+  if jax.process_index() == 0:
+    print(f'{benchmark.name}: encoded {tokens:,} tokens in {encoded - start:.1f} s '
+          f'({tokens / (encoded - start):,.0f} tok/s), scored in '
+          f"{results['timing']['score_s']:.1f} s", flush=True)
   return results
 
 

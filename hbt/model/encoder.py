@@ -32,6 +32,58 @@ class Arch:
   pad_id: int
 
 
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [..., K] @ kernel [K, N] in the inputs' dtype with float32 accumulation and output.
+
+  The backward pass casts the incoming gradient to the inputs' dtype, so that both of its matmuls
+  also run with bf16 inputs and f32 accumulation (XLA's CPU backend otherwise falls back to slow
+  mixed f32 x bf16 dots).
+  """
+  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _matmul_fwd(x, kernel):
+  return matmul(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(residuals, g):
+  x, kernel = residuals
+  g = g.astype(x.dtype)
+  dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  batch_dims = tuple(range(x.ndim - 1))
+  dk = jax.lax.dot_general(x, g, ((batch_dims, batch_dims), ((), ())),
+                           preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def batched_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  """[G, M, K] @ [G, K, N] -> float32 [G, M, N]; backward as in `matmul`."""
+  return jax.lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))),
+                             preferred_element_type=jnp.float32)
+
+
+def _batched_matmul_fwd(a, b):
+  return batched_matmul(a, b), (a, b)
+
+
+def _batched_matmul_bwd(residuals, g):
+  a, b = residuals
+  g = g.astype(a.dtype)
+  da = jax.lax.dot_general(g, b, (((2,), (2,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+  db = jax.lax.dot_general(a, g, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
+
+
 def _param(module, name, init, shape, axes):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
@@ -48,10 +100,7 @@ class Dense(nn.Module):
     kernel = _param(self, 'kernel', nn.initializers.normal(0.02), (x.shape[-1], self.features),
                     self.axes)
     bias = _param(self, 'bias', nn.initializers.zeros, (self.features,), self.axes[1:])
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())),
-                            preferred_element_type=jnp.float32)
-    return y + bias
+    return matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias
 
 
 class LayerNorm(nn.Module):
@@ -83,16 +132,18 @@ class Layer(nn.Module):
     head_dim = a.hidden // a.heads
     drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
 
-    def heads(name):
+    def heads(name):  # [B, L, H*D] -> [B*H, L, D]
       y = Dense(a.hidden, ('embed', 'heads'), self.dtype, name=name)(x)
-      return y.reshape(batch, length, a.heads, head_dim).astype(self.dtype)
+      y = y.reshape(batch, length, a.heads, head_dim).transpose(0, 2, 1, 3)
+      return y.reshape(batch * a.heads, length, head_dim).astype(self.dtype)
 
     q, k, v = heads('query'), heads('key'), heads('value')
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    logits = batched_matmul(q, k.transpose(0, 2, 1)).reshape(batch, a.heads, length, length)
     logits = logits / jnp.sqrt(jnp.float32(head_dim)) + attn_bias
-    probs = drop(jax.nn.softmax(logits, axis=-1))
-    ctx = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(self.dtype), v,
-                     preferred_element_type=jnp.float32).reshape(batch, length, a.hidden)
+    probs = drop(jax.nn.softmax(logits, axis=-1)).astype(self.dtype)
+    ctx = batched_matmul(probs.reshape(batch * a.heads, length, length), v)
+    ctx = ctx.reshape(batch, a.heads, length, head_dim).transpose(0, 2, 1, 3).reshape(
+        batch, length, a.hidden)
     attn = Dense(a.hidden, ('heads', 'embed'), self.dtype, name='out')(ctx)
     x = LayerNorm(a.layer_norm_eps, name='attn_ln')(x + drop(attn))
 
@@ -131,7 +182,7 @@ class Encoder(nn.Module):
     stack = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                     'dropout': True},
                     in_axes=nn.broadcast, length=a.layers,
-                    metadata_params={nn.PARTITION_NAME: 'layers'})
+                    metadata_params={nn.PARTITION_NAME: 'layers'}, unroll=a.layers)
     x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias)
 
     if self.pooling == 'mean':
