@@ -7,6 +7,8 @@ to the longest, and the device works while the host prepares the next batch (dis
 
 import time
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
@@ -72,6 +74,13 @@ def encode_texts(encode_fn, params, token_ids: list[np.ndarray], pad_id: int, *,
   dim = outputs[0][1].shape[-1] if outputs else 0
   out = np.zeros((len(token_ids), dim), np.float32)
   for rows, emb in outputs:
-    out[rows] = np.asarray(emb, np.float32)[:len(rows)]
+    out[rows] = to_host(emb)[:len(rows)]
   bar.close()
   return out
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process sharded) array as a float32 numpy array on every process."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True), np.float32)
+  return np.asarray(x, np.float32)

@@ -77,7 +77,15 @@ def relevant_matrix(benchmark: types.Benchmark, query_lang: str, offsets: dict[s
 
 
 def score(benchmark: types.Benchmark, embeddings, *, chunk_size: int = 128) -> dict:
-  """Per-language, per-pair and macro-averaged metrics from the embeddings of encode_benchmark."""
+  """Per-language, per-pair and macro-averaged metrics from the embeddings of encode_benchmark.
+
+  Scoring is cheap next to encoding: every process scores on its first local device.
+  """
+  with jax.default_device(jax.local_devices()[0]):
+    return _score(benchmark, embeddings, chunk_size)
+
+
+def _score(benchmark, embeddings, chunk_size):
   langs = benchmark.langs
   sizes = [embeddings[l][1].shape[0] for l in langs]
   offsets = dict(zip(langs, np.cumsum([0] + sizes[:-1]).tolist()))
