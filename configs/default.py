@@ -54,10 +54,10 @@ def get_config():
   config.train.lang_sampling = 'uniform'
   config.train.lang_temperature = 0.3  # tau of 'temperature' language sampling.
   config.train.batch_size = 32  # Global batch: pairs per step, all in-batch negatives (paper 128).
-  config.train.steps = 200  # Training steps (paper-scale: several epochs of a large corpus).
+  config.train.steps = 150  # Training steps (paper-scale: several epochs of a large corpus).
   config.train.learning_rate = 3e-5  # Peak AdamW learning rate (paper: 3e-5).
   config.train.weight_decay = 0.01  # AdamW weight decay (paper: 0.01).
-  config.train.warmup_steps = 20  # Linear warmup steps, then linear decay to 0.
+  config.train.warmup_steps = 15  # Linear warmup steps, then linear decay to 0.
   config.train.grad_clip_norm = 1.0  # Global gradient norm clip; 0 disables.
   # InfoNCE temperature; 1.0 gives the paper's plain cosine softmax.
   config.train.loss_temperature = 0.05
@@ -65,8 +65,8 @@ def get_config():
   config.train.hard_negatives = 0  # Hard negatives per pair from the pairs file (0 = none).
   config.train.freeze_embeddings = True  # Freeze the word embeddings (96M of mE5-small's 118M).
   config.train.grad_accum_steps = 1  # Split each global batch into this many micro-batches.
-  config.train.max_query_length = 64  # Query tokens (specials included) in training batches.
-  config.train.max_passage_length = 128  # Positive / negative tokens in training batches.
+  config.train.max_query_length = 48  # Query tokens (specials included) in training batches.
+  config.train.max_passage_length = 96  # Positive / negative tokens in training batches.
   config.train.checkpoint_every = 50  # Steps between checkpoints.
   config.train.keep_checkpoints = 2  # Recent checkpoints kept (the best by val loss is kept too).
   config.train.val_every = 50  # Steps between validations.

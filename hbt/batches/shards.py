@@ -42,7 +42,7 @@ from hbt.data.pairs import PairSet
 
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
-BUCKETS = (16, 32, 64, 128, 256, 512)
+BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 DEFAULT_NUM_SHARDS = 8
 HASH_PREFIX = 16
 SIDES = ('query', 'positive', 'negative')
