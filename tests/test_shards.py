@@ -188,9 +188,10 @@ def test_config_hash_is_canonical():
 
 def test_buckets_and_truncate():
   assert shards.bucket_lengths(100) == (16, 32, 48, 64, 96, 100)
-  assert shards.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
+  assert shards.bucket_lengths(512) == shards.BUCKETS
   assert shards.bucket_for(17, shards.bucket_lengths(100)) == 32
-  assert shards.bucket_for(65, shards.bucket_lengths(100)) == 100
+  assert shards.bucket_for(65, shards.bucket_lengths(100)) == 96
+  assert shards.bucket_for(97, shards.bucket_lengths(100)) == 100
   np.testing.assert_array_equal(shards.truncate(np.arange(10), 4), [0, 1, 2, 9])
   np.testing.assert_array_equal(shards.truncate(np.arange(3), 4), [0, 1, 2])
 
