@@ -29,14 +29,8 @@ NUM_LANGS = 11
 NUM_CANDIDATES = 13014
 DIM = 384
 PYTREC_QUERIES = 300
-TREC_MEASURES = {'map', 'recip_rank', 'recall_1', 'recall_10', 'ndcg_cut_10'}
-TREC_NAMES = {
-    'ap': 'map',
-    'mrr': 'recip_rank',
-    'recall@1': 'recall_1',
-    'recall@10': 'recall_10',
-    'ndcg@10': 'ndcg_cut_10',
-}
+TREC_NAMES = metrics.TREC_EVAL_NAMES
+TREC_MEASURES = set(TREC_NAMES.values())
 AGREEMENT_TOLERANCE = 1e-6
 
 

@@ -6,15 +6,8 @@ import pytrec_eval
 
 from hbt.eval import metrics
 
-TREC_MEASURES = {'map', 'recip_rank', 'recall_1', 'recall_10', 'ndcg_cut_10'}
-# Our metric name -> pytrec_eval's.
-TREC_NAMES = {
-    'ap': 'map',
-    'mrr': 'recip_rank',
-    'recall@1': 'recall_1',
-    'recall@10': 'recall_10',
-    'ndcg@10': 'ndcg_cut_10',
-}
+TREC_NAMES = metrics.TREC_EVAL_NAMES
+TREC_MEASURES = set(TREC_NAMES.values())
 
 
 def random_relevant(rng: np.random.Generator, num_queries: int, num_candidates: int,

@@ -39,6 +39,7 @@ import tqdm
 
 from hbt.batches import sampler as sampler_lib
 from hbt.data.pairs import PairSet
+from hbt.model import tokenizer as tokenizer_lib
 
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
@@ -106,14 +107,7 @@ def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
   return np.concatenate([ids[:max_length - 1], ids[-1:]])
 
 
-def pad(seqs: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Right-pads id arrays (each at most `length` long) to ids and mask [len(seqs), length]."""
-  ids = np.full((len(seqs), length), pad_id, np.int32)
-  mask = np.zeros((len(seqs), length), np.int32)
-  for i, s in enumerate(seqs):
-    ids[i, :len(s)] = s
-    mask[i, :len(s)] = 1
-  return ids, mask
+pad = tokenizer_lib.pad_batch  # right-pads id arrays to ids and mask [len(seqs), length]
 
 
 def shard_names(num_shards: int) -> list[str]:

@@ -42,6 +42,9 @@ NDCG_CUTOFF = 10
 DEFAULT_CHUNK_SIZE = 256
 CANDIDATE_BLOCK_SIZE = 512
 METRIC_NAMES = ('ap', 'recall@1', 'recall@10', 'mrr', 'ndcg@10', 'rank_min', 'rank_max')
+# The same measures in trec_eval (pytrec_eval), the reference they are tested against.
+TREC_EVAL_NAMES = {'ap': 'map', 'mrr': 'recip_rank', 'recall@1': 'recall_1',
+                   'recall@10': 'recall_10', 'ndcg@10': 'ndcg_cut_10'}
 
 # 1 / log2(rank + 1) for rank 1..NDCG_CUTOFF, rounded once from float64.
 _DISCOUNTS = (1.0 / np.log2(np.arange(2, NDCG_CUTOFF + 2))).astype(np.float32)
