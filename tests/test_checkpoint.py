@@ -1,0 +1,44 @@
+"""Checkpoint retention (N latest plus the best by validation loss) and exact restore."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hbt.train import checkpoint
+from hbt.train import step as step_lib
+
+
+def state_at(step: int) -> step_lib.TrainState:
+  params = {'w': jnp.full((3, 2), float(step)), 'b': jnp.arange(2.0) + step}
+  return step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                             frozen={'word_embeddings': jnp.ones((4, 2))},
+                             opt_state={'mu': jax.tree.map(jnp.zeros_like, params)})
+
+
+def test_keeps_latest_and_best(tmp_path):
+  mngr = checkpoint.manager(tmp_path, keep=2)
+  for step, val_loss in zip(range(1, 7), [5.0, 1.0, 4.0, None, 3.0, 2.5]):
+    checkpoint.save(mngr, state_at(step), val_loss)
+  assert sorted(mngr.all_steps()) == [2, 5, 6]  # best (val 1.0) + the two most recent
+  assert checkpoint.best_step(mngr) == 2 and mngr.latest_step() == 6
+  # After a restart the metrics come back from disk: the best is still known and still kept.
+  reopened = checkpoint.manager(tmp_path, keep=2)
+  assert checkpoint.best_step(reopened) == 2
+  checkpoint.save(reopened, state_at(7), None)
+  assert sorted(reopened.all_steps()) == [2, 6, 7]
+
+
+def test_restore_latest_is_exact(tmp_path):
+  mngr = checkpoint.manager(tmp_path, keep=3)
+  checkpoint.save(mngr, state_at(7))
+  fresh = state_at(0)
+  restored = checkpoint.restore_latest(checkpoint.manager(tmp_path, keep=3), fresh)
+  assert int(restored.step) == 7
+  jax.tree.map(np.testing.assert_array_equal, restored.params, state_at(7).params)
+  jax.tree.map(np.testing.assert_array_equal, restored.frozen, fresh.frozen)
+  assert not list(tmp_path.glob('checkpoints/*tmp*'))
+
+
+def test_restore_without_checkpoint_returns_state(tmp_path):
+  fresh = state_at(0)
+  assert checkpoint.restore_latest(checkpoint.manager(tmp_path, keep=1), fresh) is fresh
