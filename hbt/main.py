@@ -27,12 +27,12 @@ _COORDINATOR = flags.DEFINE_string('coordinator', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
 flags.mark_flags_as_required(['config', 'workdir'])
-# Warnings and errors only by default (orbax logs every file at INFO); --verbosity=0 shows INFO.
-flags.FLAGS.set_default('verbosity', logging.WARNING)
 
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO; --verbosity=0 shows it
+    logging.set_verbosity(logging.WARNING)
   tf.config.experimental.set_visible_devices([], 'GPU')  # tf.data only; accelerators are JAX's.
   if _COORDINATOR.value or os.environ.get('HBT_MULTIHOST'):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
