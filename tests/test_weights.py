@@ -253,7 +253,7 @@ def test_unknown_checkpoint_offline_says_how_to_use_a_folder(tmp_path, monkeypat
     ({'model_type': 'gpt2'}, "unsupported model_type 'gpt2'"),
     ({'model_type': 'deberta-v2'}, "unsupported model_type 'deberta-v2'"),
     ({'hidden_act': 'relu'}, "unsupported hidden_act 'relu'"),
-])
+], ids=['gpt2', 'deberta-v2', 'relu'])
 def test_unsupported_config_is_rejected(tmp_path, change, error):
   write_checkpoint(tmp_path, 'xlm-roberta')
   config = json.loads((tmp_path / 'config.json').read_text())
