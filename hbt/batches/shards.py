@@ -100,11 +100,7 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
   return buckets[-1]
 
 
-def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
-  """`ids` cut to `max_length`, keeping the final (closing special) token."""
-  if len(ids) <= max_length:
-    return ids
-  return np.concatenate([ids[:max_length - 1], ids[-1:]])
+truncate = tokenizer_lib.truncate  # cuts ids to a max length, keeping the closing special token
 
 
 pad = tokenizer_lib.pad_batch  # right-pads id arrays to ids and mask [len(seqs), length]

@@ -18,13 +18,17 @@ def make_encode_fn(module, mesh):
                  in_shardings=(None, batch, batch), out_shardings=batch)
 
 
-def evaluate_model(config, module, params, tokenizer, mesh, benchmark=None) -> dict:
-  """Encodes and scores config.eval.benchmark; returns results with timings."""
+def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None) -> dict:
+  """Encodes (with encode_fn from make_encode_fn) and scores config.eval.benchmark.
+
+  Reusing one encode_fn for several evaluations (before and after training) compiles each batch
+  shape once.
+  """
   if benchmark is None:
     benchmark = load_eval_benchmark(config)
   start = time.perf_counter()
   embeddings, tokens = evaluate.encode_benchmark(
-      make_encode_fn(module, mesh), params, tokenizer, benchmark,
+      encode_fn, params, tokenizer, benchmark,
       batch_tokens=config.eval.batch_tokens, multiple=sharding.data_parallel_size(mesh),
       progress=config.eval.progress)
   encoded = time.perf_counter()

@@ -40,10 +40,15 @@ class TextTokenizer:
       ids = enc.ids
       if self.split_unk_id is not None and self.split_unk_id in ids:
         ids = _split_unknown(ids, enc.offsets, self.split_unk_id)
-      if len(ids) > self.max_length:  # keep the closing special token
-        ids = ids[:self.max_length - 1] + ids[-1:]
-      out.append(np.asarray(ids, np.int32))
+      out.append(truncate(np.asarray(ids, np.int32), self.max_length))
     return out
+
+
+def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
+  """`ids` cut to `max_length`, keeping the final (closing special) token."""
+  if len(ids) <= max_length:
+    return ids
+  return np.concatenate([ids[:max_length - 1], ids[-1:]])
 
 
 def _split_unknown(ids: list[int], offsets, unk: int) -> list[int]:

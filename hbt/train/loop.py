@@ -73,13 +73,13 @@ def prepare(config, workdir: pathlib.Path, tokenizer, train_pairs) -> pathlib.Pa
                         t.max_passage_length, t.hard_negatives, progress=config.eval.progress)
 
 
-def validation_batches(config, val_pairs, tokenizer) -> list[dict]:
+def validation_batches(config, val_pairs, tokenizer, mesh) -> list[dict]:
   """Fixed validation batches: mixed-language pairs (x_x) of held-out ids, same for every run."""
   t = config.train
   if len(val_pairs) == 0:
     return []
   size = min(t.batch_size, len(val_pairs.all_ids()))
-  size -= size % sharding.data_parallel_size(sharding.make_mesh(config.mesh))
+  size -= size % sharding.data_parallel_size(mesh)
   if size < 2:
     return []
   sampler = sampler_lib.Sampler(val_pairs, size, 'x_x', seed=config.seed + 1)
@@ -190,19 +190,21 @@ def run(config, workdir: str) -> dict:
     return {}
 
   results = {}
+  encode_fn = eval_run.make_encode_fn(model.module, mesh)
+  benchmark = eval_run.load_eval_benchmark(config) if config.mode == 'all' else None
   if config.mode == 'all':
     params = jax.device_put(model.params, sharding.replicated(mesh))
-    results['before'] = eval_run.evaluate_model(config, model.module, params, model.tokenizer,
-                                                mesh)
+    results['before'] = eval_run.evaluate_model(config, encode_fn, params, model.tokenizer, mesh,
+                                                benchmark)
     del params
   trained_at = time.perf_counter()
   state, _ = train(config, workdir, model, mesh, shard_dir,
-                   validation_batches(config, val_pairs, model.tokenizer))
+                   validation_batches(config, val_pairs, model.tokenizer, mesh))
   results['train_s'] = time.perf_counter() - trained_at
   if config.mode == 'all':
-    results['after'] = eval_run.evaluate_model(config, model.module,
+    results['after'] = eval_run.evaluate_model(config, encode_fn,
                                                step_lib.merge_params(state), model.tokenizer,
-                                               mesh)
+                                               mesh, benchmark)
     results['wall_s'] = time.perf_counter() - started
     _report(workdir, results, train_pairs.langs)
   return results
@@ -217,7 +219,8 @@ def _eval_only(config, workdir, model, mesh) -> dict:
     if mngr.latest_step() is not None:
       state = checkpoint.restore_latest(mngr, state)
       params, tag = step_lib.merge_params(state), f'step{int(state.step)}'
-  results = eval_run.evaluate_model(config, model.module, params, model.tokenizer, mesh)
+  results = eval_run.evaluate_model(config, eval_run.make_encode_fn(model.module, mesh), params,
+                                     model.tokenizer, mesh)
   _print(report.table(results['summary'], f"{results['benchmark']} ({tag})"))
   if jax.process_index() == 0:
     logging.info('wrote %s', eval_run.write_report(workdir, results, ''))
