@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hbt.train import checkpoint
 from hbt.train import step as step_lib
@@ -42,3 +43,38 @@ def test_restore_latest_is_exact(tmp_path):
 def test_restore_without_checkpoint_returns_state(tmp_path):
   fresh = state_at(0)
   assert checkpoint.restore_latest(checkpoint.manager(tmp_path, keep=1), fresh) is fresh
+
+
+FIELDS = {'batches': {'strategy': 'hybrid', 'alpha': 0.5, 'seed': 0, 'buckets': (16, 32)},
+          'train': {'learning_rate': 3e-5}}
+
+
+def test_resume_under_changed_fields_is_refused(tmp_path):
+  checkpoint.bind_fields(tmp_path, FIELDS)
+  mngr = checkpoint.manager(tmp_path, keep=2)
+  checkpoint.save(mngr, state_at(4))
+  checkpoint.bind_fields(tmp_path, FIELDS)  # same run: resumes
+  changed = {'batches': {**FIELDS['batches'], 'strategy': 'x_y', 'alpha': 0.3},
+             'train': FIELDS['train']}
+  with pytest.raises(ValueError, match=r"batches\.alpha: 0\.5 -> 0\.3; "
+                     r"batches\.strategy: 'hybrid' -> 'x_y'\. Use another --workdir"):
+    checkpoint.bind_fields(tmp_path, changed)
+  with pytest.raises(ValueError, match=r'train\.lr_schedule: .<absent>. -> .cosine.'):
+    checkpoint.bind_fields(tmp_path, {**FIELDS, 'train': {**FIELDS['train'],
+                                                          'lr_schedule': 'cosine'}})
+
+
+def test_fields_are_rebound_while_no_checkpoint_exists(tmp_path):
+  checkpoint.bind_fields(tmp_path, FIELDS)  # a run that died before its first checkpoint
+  other = {**FIELDS, 'batches': {**FIELDS['batches'], 'seed': 1}}
+  checkpoint.bind_fields(tmp_path, other)
+  checkpoint.save(checkpoint.manager(tmp_path, keep=1), state_at(1))
+  checkpoint.bind_fields(tmp_path, other)
+  with pytest.raises(ValueError, match=r'batches\.seed: 1 -> 0'):
+    checkpoint.bind_fields(tmp_path, FIELDS)
+
+
+def test_checkpoints_without_fields_are_refused(tmp_path):
+  checkpoint.save(checkpoint.manager(tmp_path, keep=1), state_at(1))
+  with pytest.raises(ValueError, match='holds checkpoints but no run_fields.json'):
+    checkpoint.bind_fields(tmp_path, FIELDS)

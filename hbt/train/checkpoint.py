@@ -4,19 +4,68 @@ A checkpoint holds the step, the trainable params and the optimizer state. Froze
 embeddings when frozen) never change, so they are not written again: they come from the pretrained
 model. Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
 killed mid-save keeps its last good checkpoint.
+
+`bind_fields` ties the checkpoints to the config that made them (`checkpoints/run_fields.json`), so
+a run under a changed config (another alpha, strategy, seed, ...) refuses to resume from them.
 """
 
+from collections.abc import Mapping
+import json
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from hbt.data import paths
+
 VAL_METRIC = 'val_loss'
+RUN_FIELDS = 'run_fields.json'
 
 
 def _val_loss(metrics) -> float:
   return metrics[VAL_METRIC]
+
+
+def _flat(fields: Mapping, prefix: str = '') -> dict:
+  """Nested mappings as {'a.b': leaf}; lists and tuples compare as lists."""
+  out = {}
+  for key, value in fields.items():
+    if isinstance(value, Mapping):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def bind_fields(workdir, fields: Mapping) -> None:
+  """Ties workdir's checkpoints to `fields` (everything that makes the run); call before restoring.
+
+  With no checkpoint in workdir/checkpoints, (re)writes its run_fields.json from `fields`
+  (atomically). With checkpoints, compares `fields` with the stored ones.
+
+  Raises:
+    ValueError: naming each differing field with its stored and new value, when the checkpoints
+      were made under other fields, or when checkpoints exist without a run_fields.json.
+  """
+  folder = pathlib.Path(workdir).absolute() / 'checkpoints'
+  path = folder / RUN_FIELDS
+  new = json.loads(json.dumps(fields, sort_keys=True))  # tuples -> lists, as stored
+  has_checkpoints = folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
+  if not has_checkpoints:
+    paths.write_atomic(path, json.dumps(new, indent=1, sort_keys=True).encode('utf-8'))
+    return
+  if not path.exists():
+    raise ValueError(f'{folder} holds checkpoints but no {RUN_FIELDS}, so the config that made '
+                     'them is unknown: use another --workdir, or delete that folder to start over')
+  old = json.loads(path.read_text(encoding='utf-8'))
+  a, b = _flat(old), _flat(new)
+  diff = [f'{k}: {a.get(k, "<absent>")!r} -> {b.get(k, "<absent>")!r}'
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  if diff:
+    raise ValueError(f'{folder} holds checkpoints of another run; differing fields (stored -> '
+                     f'this config): {"; ".join(diff)}. Use another --workdir, or delete that '
+                     'folder to start over.')
 
 
 def manager(workdir, keep: int) -> ocp.CheckpointManager:

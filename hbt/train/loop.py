@@ -65,6 +65,19 @@ def shard_fields(config) -> dict:
                     'query_prefix': m.query_prefix, 'passage_prefix': m.passage_prefix}}
 
 
+# Train and model fields that change the updates (the batches are covered by the shard manifest).
+UPDATE_FIELDS = ('learning_rate', 'weight_decay', 'warmup_steps', 'grad_clip_norm',
+                 'loss_temperature', 'symmetric_loss', 'freeze_embeddings')
+
+
+def run_fields(config, shard_dir: pathlib.Path) -> dict:
+  """What a run's checkpoints depend on: its batches (shard manifest) and its update rule."""
+  manifest = input_pipeline.read_manifest(shard_dir)
+  return {'batches': {**manifest['fields'], **manifest['prepare']},
+          'train': {k: config.train[k] for k in UPDATE_FIELDS},
+          'model': {'dropout_rate': config.model.dropout_rate, 'pooling': config.model.pooling}}
+
+
 def prepare(config, workdir: pathlib.Path, tokenizer, train_pairs) -> pathlib.Path:
   """Writes (or reuses) the shards of every training step; returns their folder."""
   t = config.train
@@ -123,6 +136,7 @@ def train(config, workdir: pathlib.Path, model, mesh, shard_dir: pathlib.Path, v
   """Trains from the shards, resuming from the latest checkpoint; returns the final state."""
   t = config.train
   state, shardings, tx = init_state(config, model, mesh)
+  checkpoint.bind_fields(workdir, run_fields(config, shard_dir))
   mngr = checkpoint.manager(workdir, t.keep_checkpoints)
   state = checkpoint.restore_latest(mngr, state)
   start = int(state.step)
