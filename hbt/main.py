@@ -16,7 +16,7 @@ from ml_collections import config_flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hbt import config_lib  # noqa: E402
-from hbt.model import weights  # noqa: E402
+from hbt import io  # noqa: E402
 from hbt.train import loop  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -39,7 +39,7 @@ def main(argv):
   config = _CONFIG.value
   config_lib.validate(config)
   # Compiled programs persist across runs (one per batch shape), so a rerun starts fast.
-  jax.config.update('jax_compilation_cache_dir', str(weights.cache_dir() / 'jax'))
+  jax.config.update('jax_compilation_cache_dir', str(io.cache_dir() / 'jax'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())

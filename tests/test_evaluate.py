@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from hbt import io
 from hbt.data import types
 from hbt.eval import evaluate
 from hbt.eval import metrics
@@ -99,7 +100,7 @@ def test_perfect_embeddings_score_one():
 def test_report_files(case, tmp_path):
   _, _, results = case
   results = dict(results, benchmark='synthetic')
-  report.write_json(tmp_path / 'eval' / 'r.json', results)
+  io.write_json(tmp_path / 'eval' / 'r.json', results)
   report.write_heatmap(tmp_path / 'eval' / 'r.png', results, 'title')
   assert json.loads((tmp_path / 'eval' / 'r.json').read_text())['pairs']['en-de']['ap'] == \
       pytest.approx(results['pairs']['en-de']['ap'])

@@ -2,10 +2,12 @@
 reuse by config hash, interrupted writes, manifest counts and hard negatives."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from hbt.batches import buckets
 from hbt.batches import input_pipeline
 from hbt.batches import sampler as sampler_lib
 from hbt.batches import shards
@@ -67,7 +69,7 @@ def _check_side(tokens, mask, expected, max_length, pad_id):
   tokens, mask = tokens.reshape(-1, tokens.shape[-1]), mask.reshape(-1, mask.shape[-1])
   length = tokens.shape[-1]
   longest = max(map(len, expected))
-  assert length == min(b for b in shards.bucket_lengths(max_length) if b >= longest)
+  assert length == min(b for b in buckets.lengths(max_length) if b >= longest)
   assert len(tokens) == len(expected)
   for row, row_mask, ids in zip(tokens, mask, expected):
     n = len(ids)
@@ -146,7 +148,7 @@ def test_truncation_count_is_exact(folder, sampler, pairs, tokenizer):
 
 
 def _mtimes(folder):
-  return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+  return {p.name: os.stat(p).st_mtime_ns for p in folder.iterdir()}
 
 
 def test_same_fields_reuse_the_folder_and_a_change_writes_a_new_one(tmp_path, sampler, pairs,
@@ -187,11 +189,13 @@ def test_config_hash_is_canonical():
 
 
 def test_buckets_and_truncate():
-  assert shards.bucket_lengths(100) == (16, 32, 48, 64, 96, 100)
-  assert shards.bucket_lengths(512) == shards.BUCKETS
-  assert shards.bucket_for(17, shards.bucket_lengths(100)) == 32
-  assert shards.bucket_for(65, shards.bucket_lengths(100)) == 96
-  assert shards.bucket_for(97, shards.bucket_lengths(100)) == 100
+  assert buckets.lengths(100) == (16, 24, 32, 48, 64, 96, 100)
+  assert buckets.lengths(512) == buckets.BUCKETS
+  assert buckets.bucket(17, 100) == 24
+  assert buckets.bucket(25, 100) == 32
+  assert buckets.bucket(65, 100) == 96
+  assert buckets.bucket(97, 100) == 100
+  assert buckets.bucket(700, 100) == 100
   np.testing.assert_array_equal(shards.truncate(np.arange(10), 4), [0, 1, 2, 9])
   np.testing.assert_array_equal(shards.truncate(np.arange(3), 4), [0, 1, 2])
 

@@ -12,28 +12,29 @@ Element of the dataset (B global pairs, P processes, b = B / P rows per process)
 """
 
 from collections.abc import Iterator
-import json
 import os
-import pathlib
 
 import numpy as np
 import tensorflow as tf
 
-MANIFEST = 'manifest.json'  # Same as shards.MANIFEST; not imported, to keep this module tf-only.
+from hbt import io
+
+MANIFEST = 'manifest.json'  # Written last by `shards.prepare`: its presence marks a complete folder.
 STRING_KEYS = ('ids', 'query_langs', 'positive_langs')
 
 
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
-  """The manifest of a complete shard folder.
+  """The manifest of a complete shard folder (local or remote, e.g. gs://).
 
   Raises:
     FileNotFoundError: the folder has no manifest (not prepared, or preparation was interrupted).
+    ValueError: the manifest is not valid JSON (names the file).
   """
-  path = pathlib.Path(shard_dir) / MANIFEST
+  path = io.path(shard_dir) / MANIFEST
   if not path.exists():
     raise FileNotFoundError(f'{path} is missing: {shard_dir} is not a complete shard folder '
                             '(run the prepare step)')
-  return json.loads(path.read_text(encoding='utf-8'))
+  return io.read_json(path)
 
 
 def _sides(manifest: dict) -> tuple[str, ...]:
@@ -113,7 +114,7 @@ def make_dataset(shard_dir: str | os.PathLike, *, start_step: int = 0, process_i
     raise ValueError(f'process_count {process_count} does not divide the batch size {b}')
   if not 0 <= start_step <= num_steps:
     raise ValueError(f'start_step must be in [0, {num_steps}], got {start_step}')
-  folder = pathlib.Path(shard_dir)
+  folder = io.path(shard_dir)
   reads = _shard_reads(len(manifest['shards']), start_step)
   files = [str(folder / manifest['shards'][i]) for i, _ in reads]
   skips = [skip for _, skip in reads]

@@ -20,7 +20,7 @@ Record schema (one `tf.train.Example` per step; B pairs, k hard negatives per pa
   * k > 0 only: 'negative_tokens', 'negative_mask': int64 [B * k * Ln],
     'negative_shape' int64 [3] = (B, k, Ln).
 Tokens are right-padded with the tokenizer's pad id; masks are 1 on real tokens, 0 on padding.
-Each of Lq, Lp, Ln is the smallest bucket length (see `bucket_lengths`) that holds the longest text
+Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) that holds the longest text
 of its side in that batch, so the train step sees only a few distinct shapes.
 """
 
@@ -29,21 +29,23 @@ import dataclasses
 import hashlib
 import json
 import os
-import pathlib
-import secrets
 import sys
 
 import numpy as np
 import tensorflow as tf
 import tqdm
 
+from etils import epath
+
+from hbt import io
+from hbt.batches import buckets
+from hbt.batches import input_pipeline
 from hbt.batches import sampler as sampler_lib
 from hbt.data.pairs import PairSet
 from hbt.model import tokenizer as tokenizer_lib
 
 FORMAT_VERSION = 1
-MANIFEST = 'manifest.json'
-BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+MANIFEST = input_pipeline.MANIFEST
 DEFAULT_NUM_SHARDS = 8
 HASH_PREFIX = 16
 SIDES = ('query', 'positive', 'negative')
@@ -87,19 +89,6 @@ def config_hash(fields: Mapping) -> str:
   return hashlib.sha256(canonical_json(fields).encode('utf-8')).hexdigest()
 
 
-def bucket_lengths(max_length: int) -> tuple[int, ...]:
-  """The padded lengths used for texts of at most `max_length` tokens: BUCKETS capped at it."""
-  return tuple(sorted({min(b, max_length) for b in BUCKETS} | {max_length}))
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-  """The smallest of `buckets` (sorted) that is >= `length`; the largest if none is."""
-  for b in buckets:
-    if b >= length:
-      return b
-  return buckets[-1]
-
-
 truncate = tokenizer_lib.truncate  # cuts ids to a max length, keeping the closing special token
 
 
@@ -139,7 +128,7 @@ def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int) ->
   encoded = tokenizer.encode(list(texts), kind)
   lengths = [len(ids) for ids in encoded]
   kept = [truncate(ids, max_length) for ids in encoded]
-  length = bucket_for(max((len(ids) for ids in kept), default=1), bucket_lengths(max_length))
+  length = buckets.bucket(max((len(ids) for ids in kept), default=1), max_length)
   tokens, mask = pad(kept, length, tokenizer.pad_id)
   return EncodedSide(tokens, mask, lengths)
 
@@ -214,26 +203,6 @@ def _length_stats(lengths: Sequence[int], max_length: int) -> dict:
           'truncated': int(np.count_nonzero(a > max_length))}
 
 
-def _tmp_name(path: pathlib.Path) -> pathlib.Path:
-  """A temporary name beside `path`, unique per process and call."""
-  return path.with_name(f'.{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-  tmp = _tmp_name(path)
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
-
-
-def read_manifest(shard_dir: str | os.PathLike) -> dict | None:
-  """The manifest of a complete shard folder, or None if it has none (or an unreadable one)."""
-  path = pathlib.Path(shard_dir) / MANIFEST
-  try:
-    return json.loads(path.read_text(encoding='utf-8'))
-  except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-    return None
-
-
 def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: int,
             max_passage_length: int, hard_negatives: int, pad_id: int) -> dict:
   """What the folder hash covers: the caller's fields plus prepare's own arguments."""
@@ -241,7 +210,7 @@ def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: 
           'prepare': {'format_version': FORMAT_VERSION, 'batch_size': batch_size,
                       'num_steps': num_steps, 'max_query_length': max_query_length,
                       'max_passage_length': max_passage_length,
-                      'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': BUCKETS}}
+                      'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': buckets.BUCKETS}}
 
 
 def _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives,
@@ -256,7 +225,7 @@ def _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_ne
 def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.Sampler,
             pairs: PairSet, tokenizer, num_steps: int, max_query_length: int,
             max_passage_length: int, hard_negatives: int = 0,
-            num_shards: int = DEFAULT_NUM_SHARDS, progress: bool = True) -> pathlib.Path:
+            num_shards: int = DEFAULT_NUM_SHARDS, progress: bool = True) -> epath.Path:
   """Writes (or reuses) the tokenised global batches of steps 0 .. num_steps-1.
 
   The folder is `out_root/<hash[:16]>/`, the hash being `config_hash` of `fields` together with
@@ -303,8 +272,11 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   hashed = _hashed(fields, sampler.batch_size, num_steps, max_q, max_p, hard_negatives,
                    int(tokenizer.pad_id))
   digest = config_hash(hashed)
-  folder = pathlib.Path(out_root) / digest[:HASH_PREFIX]
-  manifest = read_manifest(folder)
+  folder = io.path(out_root) / digest[:HASH_PREFIX]
+  try:
+    manifest = input_pipeline.read_manifest(folder)
+  except (FileNotFoundError, ValueError):  # absent or unreadable: (re)write the folder
+    manifest = None
   if manifest is not None:
     if manifest.get('hash') != digest:
       raise ValueError(f'{folder} holds the batches of another config (hash '
@@ -320,21 +292,21 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
       'prepare': hashed['prepare'], 'num_steps': num_steps, 'batch_size': sampler.batch_size,
       'hard_negatives': hard_negatives, 'max_query_length': max_q, 'max_passage_length': max_p,
       'pad_id': int(tokenizer.pad_id), 'num_shards': num_shards, 'shards': names, **summary}
-  _write_atomic(folder / MANIFEST,
-                json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False,
-                           default=_json_default).encode('utf-8'))
+  io.write_atomic(folder / MANIFEST,
+                  json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False,
+                             default=_json_default).encode('utf-8'))
   return folder
 
 
-def _write_shards(folder: pathlib.Path, names: Sequence[str], sampler, pairs, tokenizer,
+def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, tokenizer,
                   num_steps: int, max_q: int, max_p: int, hard_negatives: int,
                   progress: bool) -> dict:
   """Writes every step round robin into the shards; returns the manifest's summary fields."""
   finals = [folder / name for name in names]
-  tmps = [_tmp_name(path) for path in finals]
+  tmps = [io.tmp_name(path) for path in finals]
   max_lengths = {'query': max_q, 'positive': max_p, 'negative': max_p}
   lengths = {side: [] for side in SIDES}
-  buckets = {side: {} for side in SIDES}
+  counts = {side: {} for side in SIDES}
   shapes = {}
   batches = []
   writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in tmps]
@@ -348,7 +320,7 @@ def _write_shards(folder: pathlib.Path, names: Sequence[str], sampler, pairs, to
       for name, side in sides.items():
         lengths[name].extend(side.lengths)
         length = str(side.tokens.shape[-1])
-        buckets[name][length] = buckets[name].get(length, 0) + 1
+        counts[name][length] = counts[name].get(length, 0) + 1
       shape = ','.join(str(side.tokens.shape[-1]) for side in sides.values())
       shapes[shape] = shapes.get(shape, 0) + 1
   except BaseException:
@@ -360,13 +332,13 @@ def _write_shards(folder: pathlib.Path, names: Sequence[str], sampler, pairs, to
   for writer in writers:
     writer.close()
   for tmp, path in zip(tmps, finals):
-    os.replace(tmp, path)
+    tmp.replace(path)
   used = [side for side in SIDES if side != 'negative' or hard_negatives > 0]
   return {
       'describe': sampler_lib.describe(batches),
       'lengths': {side: _length_stats(lengths[side], max_lengths[side]) for side in used},
-      'buckets': {side: {'allowed': list(bucket_lengths(max_lengths[side])),
-                         'counts': dict(sorted(buckets[side].items(), key=lambda kv: int(kv[0])))}
+      'buckets': {side: {'allowed': list(buckets.lengths(max_lengths[side])),
+                         'counts': dict(sorted(counts[side].items(), key=lambda kv: int(kv[0])))}
                   for side in used},
       'shapes': dict(sorted(shapes.items())),
   }

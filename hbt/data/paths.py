@@ -10,14 +10,12 @@ import hashlib
 import http.client
 import os
 import pathlib
-import tempfile
 import urllib.request
 
+from hbt import io
 from hbt.data import sources
 
 ENV_DATA_DIR = 'HBT_DATA_DIR'
-ENV_CACHE_DIR = 'HBT_CACHE_DIR'
-DEFAULT_CACHE_DIR = '~/.cache/hbt'
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
@@ -29,13 +27,8 @@ class ChecksumError(OSError):
   """A downloaded benchmark file does not have its pinned SHA-256."""
 
 
-def cache_dir() -> pathlib.Path:
-  """The hbt cache directory: $HBT_CACHE_DIR, else ~/.cache/hbt."""
-  return pathlib.Path(os.environ.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR).expanduser()
-
-
 def resolve_data_dir(configured: str | os.PathLike | None) -> pathlib.Path:
-  """The data directory: `configured` if set, else $HBT_DATA_DIR, else <cache_dir()>/data.
+  """The data directory: `configured` if set, else $HBT_DATA_DIR, else <io.cache_dir()>/data.
 
   Args:
     configured: the configured directory (config field `config.data.dir`); None or '' if unset.
@@ -48,7 +41,7 @@ def resolve_data_dir(configured: str | os.PathLike | None) -> pathlib.Path:
   from_env = os.environ.get(ENV_DATA_DIR)
   if from_env:
     return pathlib.Path(from_env).expanduser()
-  return cache_dir() / 'data'
+  return io.cache_dir() / 'data'
 
 
 def sha256_hex(payload: bytes) -> str:
@@ -64,21 +57,6 @@ def fetch(url: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
   """
   with urllib.request.urlopen(url, timeout=timeout) as response:
     return response.read()
-
-
-def write_atomic(path: pathlib.Path, payload: bytes) -> None:
-  """Writes `payload` to `path` via a temporary file in the same folder and os.replace."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as handle:
-      handle.write(payload)
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.replace(tmp_name, path)
-  except BaseException:
-    pathlib.Path(tmp_name).unlink(missing_ok=True)
-    raise
 
 
 def benchmark_file(benchmark: str, lang: str, data_dir: str | os.PathLike) -> pathlib.Path:
@@ -116,5 +94,5 @@ def benchmark_file(benchmark: str, lang: str, data_dir: str | os.PathLike) -> pa
     raise ChecksumError(
         f'{path}: SHA-256 mismatch for the download from {url}: expected {expected}, got {actual}; '
         'nothing was written.')
-  write_atomic(path, payload)
+  io.write_atomic(path, payload)
   return path

@@ -12,28 +12,19 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
+from hbt.batches import buckets
 from hbt.model import tokenizer as tokenizer_lib
-
-BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-
-
-def bucket_length(n: int, max_length: int) -> int:
-  """Smallest bucket >= n (capped at max_length)."""
-  for b in BUCKETS:
-    if b >= n:
-      return min(b, max_length)
-  return max_length
 
 
 def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int, multiple: int = 1):
   """[(padded length, row indices)] covering every row once, longest bucket first."""
   order = np.argsort(-lengths, kind='stable')
-  buckets = {}
+  by_length = {}
   for i in order:
-    buckets.setdefault(bucket_length(int(lengths[i]), max_length), []).append(i)
+    by_length.setdefault(buckets.bucket(int(lengths[i]), max_length), []).append(i)
   plan = []
-  for length in sorted(buckets, reverse=True):
-    rows = buckets[length]
+  for length in sorted(by_length, reverse=True):
+    rows = by_length[length]
     size = max(multiple, (batch_tokens // length) // multiple * multiple)
     plan += [(length, np.asarray(rows[s:s + size]), size) for s in range(0, len(rows), size)]
   return plan

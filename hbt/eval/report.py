@@ -4,23 +4,14 @@ Files are written to a temporary name and renamed, so an interrupted run never l
 report in place of a good one.
 """
 
-import json
-import os
-import pathlib
+import io as std_io
 
 import numpy as np
 
+from hbt import io
+
 COLUMNS = (('mAP', 'ap'), ('R@1', 'recall@1'), ('R@10', 'recall@10'), ('MRR', 'mrr'),
            ('nDCG@10', 'ndcg@10'))
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
 
 
 def table(summary: dict, title: str = '') -> str:
@@ -45,18 +36,13 @@ def side_by_side(left: str, right: str, gap: int = 4) -> str:
   return '\n'.join(f'{x:<{width}}{" " * gap}{y}' for x, y in zip(a, b))
 
 
-def write_json(path: pathlib.Path, results: dict) -> None:
-  """The full results (every per-language and per-pair figure) as indented JSON."""
-  write_atomic(path, json.dumps(results, indent=1, sort_keys=True).encode())
-
-
 def map_matrix(results: dict) -> np.ndarray:
   """[query language, candidate language] mAP from the per-pair results."""
   langs = results['langs']
   return np.array([[results['pairs'][f'{q}-{c}']['ap'] for c in langs] for q in langs])
 
 
-def write_heatmap(path: pathlib.Path, results: dict, title: str) -> None:
+def write_heatmap(path, results: dict, title: str) -> None:
   """A PNG heatmap of the query-language x candidate-language mAP matrix, values annotated."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -75,8 +61,7 @@ def write_heatmap(path: pathlib.Path, results: dict, title: str) -> None:
               fontsize=6, color='white' if m[i, j] < 0.6 else 'black')
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='mAP')
   fig.tight_layout()
-  tmp = pathlib.Path(path).with_name(f'.{pathlib.Path(path).name}.tmp{os.getpid()}.png')
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(tmp)
+  png = std_io.BytesIO()
+  fig.savefig(png, format='png')
   plt.close(fig)
-  os.replace(tmp, path)
+  io.write_atomic(path, png.getvalue())

@@ -1,10 +1,12 @@
 """The evaluation job: encode a benchmark with a model, score it, print and write the report."""
 
-import pathlib
 import time
 
+from absl import logging
+from etils import epath
 import jax
 
+from hbt import io
 from hbt import sharding
 from hbt.data import squad_r
 from hbt.eval import evaluate
@@ -36,10 +38,9 @@ def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None) -
   results['benchmark'] = benchmark.name
   results['timing'] = {'encode_s': encoded - start, 'score_s': time.perf_counter() - encoded,
                        'tokens': tokens, 'tokens_per_s': tokens / (encoded - start)}
-  if jax.process_index() == 0:
-    print(f'{benchmark.name}: encoded {tokens:,} tokens in {encoded - start:.1f} s '
-          f'({tokens / (encoded - start):,.0f} tok/s), scored in '
-          f"{results['timing']['score_s']:.1f} s", flush=True)
+  logging.info('%s: encoded %s tokens in %.1f s (%s tok/s), scored in %.1f s', benchmark.name,
+               f'{tokens:,}', encoded - start, f'{tokens / (encoded - start):,.0f}',
+               results['timing']['score_s'])
   return results
 
 
@@ -49,10 +50,10 @@ def load_eval_benchmark(config):
                                 config.eval.langs or None)
 
 
-def write_report(workdir, results: dict, tag: str) -> pathlib.Path:
+def write_report(workdir, results: dict, tag: str) -> epath.Path:
   """Writes eval/<benchmark>[_tag].json and .png under workdir; returns the JSON path."""
   name = results['benchmark'] + (f'_{tag}' if tag else '')
-  folder = pathlib.Path(workdir) / 'eval'
-  report.write_json(folder / f'{name}.json', results)
+  folder = io.path(workdir) / 'eval'
+  io.write_json(folder / f'{name}.json', results)
   report.write_heatmap(folder / f'{name}.png', results, f'{name}: mAP, query x candidate language')
   return folder / f'{name}.json'

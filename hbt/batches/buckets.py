@@ -1,0 +1,20 @@
+"""The padded lengths of token batches, one table for training shards and evaluation encoding.
+
+A batch is padded to the smallest bucket that holds its longest text, so the jitted functions see
+a handful of shapes (each compiles once) and short texts are not padded to the longest.
+"""
+
+BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def lengths(max_length: int) -> tuple[int, ...]:
+  """The padded lengths of texts of at most `max_length` tokens: BUCKETS capped at it."""
+  return tuple(sorted({min(b, max_length) for b in BUCKETS} | {max_length}))
+
+
+def bucket(n: int, max_length: int) -> int:
+  """The smallest of `lengths(max_length)` that is >= n; max_length if n is longer."""
+  for b in lengths(max_length):
+    if b >= n:
+      return b
+  return max_length
