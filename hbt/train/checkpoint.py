@@ -11,13 +11,14 @@ a run under a changed config (another alpha, strategy, seed, ...) refuses to res
 
 from collections.abc import Mapping
 import json
-import pathlib
+import os
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from hbt.data import paths
+from hbt import io
 
 VAL_METRIC = 'val_loss'
 RUN_FIELDS = 'run_fields.json'
@@ -25,6 +26,12 @@ RUN_FIELDS = 'run_fields.json'
 
 def _val_loss(metrics) -> float:
   return metrics[VAL_METRIC]
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  """workdir/checkpoints; a local workdir is made absolute (orbax needs it), gs:// stays remote."""
+  path = io.path(workdir)
+  return (io.path(os.path.abspath(path)) if io.is_local(path) else path) / 'checkpoints'
 
 
 def _flat(fields: Mapping, prefix: str = '') -> dict:
@@ -48,17 +55,17 @@ def bind_fields(workdir, fields: Mapping) -> None:
     ValueError: naming each differing field with its stored and new value, when the checkpoints
       were made under other fields, or when checkpoints exist without a run_fields.json.
   """
-  folder = pathlib.Path(workdir).absolute() / 'checkpoints'
+  folder = checkpoint_dir(workdir)
   path = folder / RUN_FIELDS
   new = json.loads(json.dumps(fields, sort_keys=True))  # tuples -> lists, as stored
   has_checkpoints = folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
   if not has_checkpoints:
-    paths.write_atomic(path, json.dumps(new, indent=1, sort_keys=True).encode('utf-8'))
+    io.write_json(path, new)
     return
   if not path.exists():
     raise ValueError(f'{folder} holds checkpoints but no {RUN_FIELDS}, so the config that made '
                      'them is unknown: use another --workdir, or delete that folder to start over')
-  old = json.loads(path.read_text(encoding='utf-8'))
+  old = io.read_json(path)
   a, b = _flat(old), _flat(new)
   diff = [f'{k}: {a.get(k, "<absent>")!r} -> {b.get(k, "<absent>")!r}'
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -79,7 +86,7 @@ def manager(workdir, keep: int) -> ocp.CheckpointManager:
   # knows which checkpoint is best.
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
                                          best_mode='min', enable_async_checkpointing=False)
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def _saved(state) -> dict:
