@@ -17,6 +17,7 @@ from clu import metric_writers
 import jax
 import numpy as np
 
+from hbt import io
 from hbt import sharding
 from hbt.batches import input_pipeline
 from hbt.batches import sampler as sampler_lib
@@ -262,6 +263,6 @@ def _report(workdir: pathlib.Path, results: dict, train_langs) -> None:
   if jax.process_index() == 0:
     eval_run.write_report(workdir, before, 'before')
     eval_run.write_report(workdir, after, 'after')
-    report.write_json(workdir / 'eval' / 'summary.json',
+    io.write_json(workdir / 'eval' / 'summary.json',
                       {'groups': {k: list(v) for k, v in groups.items()}, 'summary': summary,
                        'wall_s': results['wall_s'], 'train_s': results['train_s']})
