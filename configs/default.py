@@ -34,7 +34,9 @@ def get_config():
   # 'auto' (the checkpoint's own: its sentence-transformers modules, else 'mean'), 'mean' over
   # tokens (E5, XLM-R), 'cls' (first token) or 'cls_pooler' (first token, BERT pooler: LaBSE).
   config.model.pooling = 'auto'
-  config.model.dtype = 'bfloat16'  # Matmul input dtype, 'float32' or 'bfloat16' (f32 accumulate).
+  # Matmul input dtype (f32 accumulation): 'float32', 'bfloat16', or 'auto' (bf16 on GPU/TPU and on
+  # CPUs with AMX or AVX512-BF16, else f32; decided at start and logged; hbt/model/dtype.py).
+  config.model.dtype = 'auto'
   config.model.query_prefix = 'query: '  # Prepended to every query (E5 convention).
   config.model.passage_prefix = 'passage: '  # Prepended to every candidate and positive.
   config.model.max_length = 256  # Longest tokenised text (specials included) when evaluating.

@@ -7,6 +7,7 @@ import ml_collections
 
 from hbt.batches import sampler
 from hbt.data import sources
+from hbt.model import dtype as dtype_lib
 from hbt.model import encoder
 
 MODES = ('all', 'prepare', 'train', 'eval')
@@ -66,7 +67,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(m.source != 'hf' or bool(m.checkpoint), 'model.checkpoint',
          "must name a folder or hub id when config.model.source='hf'", m.checkpoint)
   _choice(config, 'model.pooling', ('auto',) + encoder.POOLINGS)
-  _choice(config, 'model.dtype', ('float32', 'bfloat16'))
+  _choice(config, 'model.dtype', dtype_lib.DTYPES)
   _check(isinstance(m.query_prefix, str), 'model.query_prefix', 'must be a string', m.query_prefix)
   _check(isinstance(m.passage_prefix, str), 'model.passage_prefix', 'must be a string',
          m.passage_prefix)

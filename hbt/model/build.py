@@ -4,6 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from hbt.model import dtype as dtype_lib
 from hbt.model import encoder
 from hbt.model import tokenizer as tokenizer_lib
 from hbt.model import weights
@@ -27,6 +28,6 @@ def load(model_config) -> Model:
   else:
     arch, params, tok, pooling = weights.load_hf(c.checkpoint, c.query_prefix, c.passage_prefix,
                                                  c.max_length, c.pooling)
-  module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(c.dtype),
+  module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype_lib.resolve(c.dtype)),
                            dropout_rate=c.dropout_rate, remat=c.remat)
   return Model(module, params, tok)
