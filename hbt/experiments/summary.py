@@ -1,0 +1,194 @@
+"""A finished run as a small summary: its settings, figures, language mix and per-query AP.
+
+A sweep runs in workdirs that a fresh machine does not keep (runs/...). What the report needs of a
+run is its summary, a gzipped JSON written into a committed folder
+(docs/results/runs/<sweep>/<run>.json.gz), so that the report is rebuilt from the repository and
+a resumed sweep skips the runs whose summary exists.
+
+`read_run_outputs` is the one place that knows where hbt.main leaves its results in a workdir.
+"""
+
+import gzip
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import time
+import warnings
+
+import numpy as np
+
+from hbt.batches import shards
+from hbt.data import sources
+from hbt.eval import evaluate
+from hbt.eval import report
+
+FORMAT_VERSION = 1
+ZERO_SHOT = 'zero_shot'  # The arm of a run that evaluates the pretrained model (no training).
+SPEC_FILE = '_sweep.json'  # The sweep's definition, written beside its summaries.
+DIGITS = 5  # Figures are rounded to this many decimals (AP of one query: 4 would do).
+PER_QUERY_DIGITS = 4
+
+
+def read_run_outputs(workdir: str | os.PathLike, benchmark: str) -> dict:
+  """What hbt.main (mode 'eval' after 'train') left in workdir, for the summary.
+
+  Returns:
+    {'results': the evaluation results of `benchmark` (langs, pairs, multi, summary, timing and,
+     when the evaluation wrote them, per-query AP), 'describe': the shard manifest's batch
+     counts per kind, language and language pair (None for an evaluation-only run)}.
+
+  Raises:
+    FileNotFoundError: the run left no evaluation results (names the file it looked for).
+  """
+  workdir = pathlib.Path(workdir)
+  path = workdir / 'eval' / f'{benchmark}.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path}: no evaluation results; did the run end early? See the logs '
+                            f'in {workdir}')
+  results = json.loads(path.read_text())
+  manifests = [shards.read_manifest(p.parent) for p in sorted(workdir.glob('shards/*/manifest.json'))]
+  manifests = [m for m in manifests if m]
+  return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None}
+
+
+def per_query_ap(results: dict) -> dict | None:
+  """Per-query AP per setting from results that carry it, else None.
+
+  Returns:
+    {'ids': {lang: [query ids]}, 'mono': {lang: [AP on X-X]}, 'cross': {lang: [mean AP over the
+     other languages that hold the answer]}, 'multi': {lang: [AP in the pool]}}; NaN where a
+     query has no answer in the setting.
+  """
+  per_query = results.get('per_query')
+  if not per_query:
+    return None
+  langs = results['langs']
+  out = {'ids': {}, 'mono': {}, 'cross': {}, 'multi': {}}
+  for q in langs:
+    out['ids'][q] = list(per_query['ids'][q])
+    rows = {c: np.asarray(per_query['pairs'][f'{q}-{c}'], np.float64) for c in langs}
+    out['mono'][q] = rows[q]
+    others = [rows[c] for c in langs if c != q]
+    with warnings.catch_warnings():  # a query with no cross-lingual answer gets NaN
+      warnings.simplefilter('ignore', category=RuntimeWarning)
+      out['cross'][q] = np.nanmean(np.stack(others), axis=0) if others else np.full_like(
+          rows[q], np.nan)
+    out['multi'][q] = np.asarray(per_query['multi'][q], np.float64)
+  return out
+
+
+
+def train_langs(config) -> list[str]:
+  """The languages of the run's training pairs (for the seen / unseen split of the report)."""
+  d = config.data
+  if d.train_langs:
+    return [l.strip() for l in d.train_langs.split(',') if l.strip()]
+  if d.train in sources.SOURCES:
+    return list(sources.SOURCES[d.train].langs)
+  return []
+
+
+def machine() -> dict:
+  """The CPU this run used: model name, cores, bf16 matrix flags, load average."""
+  cpu, flags = platform.processor(), []
+  try:
+    info = pathlib.Path('/proc/cpuinfo').read_text().splitlines()
+  except OSError:
+    info = []
+  for line in info:
+    if line.startswith('model name'):
+      cpu = line.split(':', 1)[1].strip()
+    if line.startswith('flags'):
+      flags = [f for f in ('avx512_bf16', 'amx_bf16') if f in line.split()]
+      break
+  return {'cpu': cpu, 'cores': os.cpu_count(), 'bf16_flags': flags,
+          'load_avg': [round(x, 2) for x in os.getloadavg()]}
+
+
+def git_commit() -> str:
+  """The commit of the code that ran ('' outside a git checkout)."""
+  try:
+    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return ''
+
+
+def _rounded(value, digits=DIGITS):
+  if isinstance(value, dict):
+    return {k: _rounded(v, digits) for k, v in value.items()}
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_rounded(v, digits) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return None if not np.isfinite(value) else round(float(value), digits)
+  return value
+
+
+def groups(langs, seen) -> dict[str, list[str]]:
+  """'all', 'seen' and 'unseen' evaluation languages (empty groups left out)."""
+  out = {'all': list(langs), 'seen': [l for l in langs if l in seen],
+         'unseen': [l for l in langs if l not in seen]}
+  return {k: v for k, v in out.items() if v}
+
+
+def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
+  """The committed summary of one run.
+
+  Args:
+    run: the sweep's description of the run: 'sweep', 'name', 'direction', 'arm', 'seed',
+      'overrides' (every config override the run was given).
+    config: the run's effective config (the base config with the overrides).
+    outputs: read_run_outputs of the run's workdir.
+    timing: wall seconds of the run's stages, e.g. {'train_s': ..., 'eval_s': ...}.
+  """
+  results = outputs['results']
+  langs = results['langs']
+  seen = train_langs(config)
+  summary = {name: evaluate.summarize_settings(results['pairs'], results['multi'], group)
+             for name, group in groups(langs, seen).items()}
+  t = config.train
+  out = {
+      'format_version': FORMAT_VERSION,
+      **{k: run[k] for k in ('sweep', 'name', 'direction', 'arm', 'seed')},
+      'overrides': run['overrides'],
+      'train_data': config.data.train,
+      'benchmark': results['benchmark'],
+      'budget': {'steps': t.steps, 'batch_size': t.batch_size, 'pairs': t.steps * t.batch_size,
+                 'learning_rate': t.learning_rate, 'warmup_steps': t.warmup_steps,
+                 'loss_temperature': t.loss_temperature, 'strategy': t.strategy,
+                 'alpha': t.alpha, 'eval_langs': config.eval.langs or 'all',
+                 'model': config.model.checkpoint or config.model.source},
+      'langs': langs,
+      'train_langs': seen,
+      'groups': groups(langs, seen),
+      'summary': _rounded(summary),
+      'pairs': _rounded(results['pairs']),
+      'multi': _rounded(results['multi']),
+      'describe': outputs.get('describe'),
+      'timing': _rounded({**timing, **{f'eval_{k}': v for k, v in
+                                        results.get('timing', {}).items()}}, 2),
+      'machine': machine(),
+      'commit': git_commit(),
+      'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  }
+  per_query = per_query_ap(results)
+  if per_query is not None:
+    out['per_query'] = {k: (v if k == 'ids' else _rounded(v, PER_QUERY_DIGITS))
+                        for k, v in per_query.items()}
+  return out
+
+
+def write(path: str | os.PathLike, summary: dict) -> None:
+  """Writes a summary as gzipped JSON, atomically (mtime 0: same content, same bytes)."""
+  data = json.dumps(summary, sort_keys=True, separators=(',', ':')).encode()
+  report.write_atomic(pathlib.Path(path), gzip.compress(data, mtime=0))
+
+
+def read(path: str | os.PathLike) -> dict:
+  """A summary written by `write`; names the file when it is not one."""
+  try:
+    return json.loads(gzip.decompress(pathlib.Path(path).read_bytes()))
+  except (OSError, EOFError, ValueError) as e:
+    raise ValueError(f'{path}: not a readable run summary ({e})') from e

@@ -1,0 +1,206 @@
+"""The sweep runner: run order, overrides, summaries, skipping finished runs and resuming.
+
+A fake run function stands in for hbt.main: it writes what hbt.main leaves in a workdir (the
+evaluation JSON and a shard manifest), with figures the test chooses, and the summary is read
+from there as in a real run.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from hbt.experiments import summary as summary_lib
+from hbt.experiments import sweep as sweep_lib
+
+LANGS = ('en', 'de', 'th')  # th is not an MLQA-R language: unseen when training on MLQA-R.
+NUM_QUESTIONS = 40
+ARMS = ('x_x_mono', 'x_y', 'hybrid')
+EFFECTS = {'x_x_mono': 0.0, 'x_y': 0.0, 'hybrid': 0.08, 'hybrid_twin': 0.08}  # AP added per query
+
+
+def spec(**changes):
+  out = {'name': 'toy', 'config': 'configs/default.py',
+         'budget': {'train.steps': 4, 'train.batch_size': 8, 'eval.langs': 'en,de,th'},
+         'directions': {'mlqa_to_xquad': {'data.train': 'mlqa_r', 'eval.benchmark': 'xquad_r'}},
+         'arms': {a: {'train.strategy': a} for a in ARMS},
+         'seeds': (0, 1, 2), 'contrasts': (('hybrid', 'x_x_mono'), ('hybrid', 'x_y'))}
+  out.update(changes)
+  return out
+
+
+def fake_results(arm: str, seed, benchmark='xquad_r') -> dict:
+  """Evaluation results with per-query AP: a base per question, the arm's effect, seed noise."""
+  base = np.random.default_rng(100).uniform(0.3, 0.8, NUM_QUESTIONS)
+  rng = np.random.default_rng(1 + (seed or 0) * 7 + len(arm))
+  effect = EFFECTS.get(arm, -0.1)
+  ids = [f'q{i}' for i in range(NUM_QUESTIONS)]
+  per_pair, pairs, multi, multi_q = {}, {}, {}, {}
+  for q in LANGS:
+    for c in LANGS:
+      ap = np.clip(base + effect + (0.1 if q == c else 0) + rng.normal(0, 0.02, NUM_QUESTIONS),
+                   0, 1)
+      per_pair[f'{q}-{c}'] = ap.tolist()
+      pairs[f'{q}-{c}'] = {'ap': float(ap.mean()), 'recall@1': float(ap.mean()) - 0.1,
+                           'recall@10': 0.9, 'mrr': float(ap.mean()), 'ndcg@10': 0.5,
+                           'rank_min': 1.0, 'rank_max': 1.0, 'rank_distance': 0.0}
+    ap = np.clip(base + effect - 0.3 + rng.normal(0, 0.02, NUM_QUESTIONS), 0, 1)
+    multi_q[q] = ap.tolist()
+    multi[q] = {'ap': float(ap.mean()), 'recall@1': 0.2, 'recall@10': 0.7, 'mrr': 0.3,
+                'ndcg@10': 0.4, 'rank_min': 3.0, 'rank_max': 300.0 - 100 * effect,
+                'rank_distance': 297.0 - 100 * effect}
+  return {'benchmark': benchmark, 'langs': list(LANGS), 'pairs': pairs, 'multi': multi,
+          'timing': {'encode_s': 5.0, 'score_s': 1.0},
+          'per_query': {'ids': {l: ids for l in LANGS}, 'pairs': per_pair, 'multi': multi_q}}
+
+
+def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
+  """Writes a run's outputs as hbt.main would, then summarises them as the real runner does."""
+  config = sweep_lib.apply_overrides(sweep_lib.load_config(spec_['config']), run['overrides'])
+  (workdir / 'eval').mkdir(parents=True)
+  (workdir / 'eval' / f'{config.eval.benchmark}.json').write_text(
+      json.dumps(fake_results(run['arm'], run['seed'], config.eval.benchmark)))
+  if run['arm'] != sweep_lib.ZERO_SHOT:
+    english = {'x_x_mono': 1, 'x_y': 6}.get(run['arm'], 3)
+    manifest = {'describe': {'kinds': {'mono': 2, 'cross': 2}, 'lang_pairs': {
+        'en-en': english, 'de-th': 8 - english}, 'query_langs': {'en': english, 'de': 8 - english},
+                             'positive_langs': {'en': english, 'th': 8 - english}}}
+    (workdir / 'shards' / 'abc').mkdir(parents=True)
+    (workdir / 'shards' / 'abc' / 'manifest.json').write_text(json.dumps(manifest))
+  outputs = summary_lib.read_run_outputs(workdir, config.eval.benchmark)
+  return summary_lib.make_summary(run, config, outputs, {'train_s': 60.0, 'eval_s': 30.0})
+
+
+def test_runs_are_zero_shot_then_seed_major_with_merged_overrides():
+  runs = sweep_lib.runs(spec())
+  assert [r['name'] for r in runs[:5]] == [
+      'mlqa_to_xquad.zero_shot', 'mlqa_to_xquad.x_x_mono.seed0', 'mlqa_to_xquad.x_y.seed0',
+      'mlqa_to_xquad.hybrid.seed0', 'mlqa_to_xquad.x_x_mono.seed1']
+  assert len(runs) == 1 + 3 * 3
+  hybrid = runs[3]['overrides']
+  assert hybrid == {'train.steps': 4, 'train.batch_size': 8, 'eval.langs': 'en,de,th',
+                    'data.train': 'mlqa_r', 'eval.benchmark': 'xquad_r',
+                    'train.strategy': 'hybrid', 'seed': 0}
+  cmd = sweep_lib.command(spec(), runs[3], pathlib.Path('w'), 'train')
+  assert cmd[1:5] == ['-m', 'hbt.main', '--config=configs/default.py', '--workdir=w']
+  assert '--config.train.strategy=hybrid' in cmd and cmd[-1] == '--config.mode=train'
+
+
+def test_the_strategies_sweep_is_valid_and_fair():
+  strategies = sweep_lib.load_sweep('configs/sweeps/strategies.py')
+  runs = sweep_lib.runs(strategies)
+  assert len(runs) == 2 + 5 * 2 * 3
+  trained = [r for r in runs if r['arm'] != sweep_lib.ZERO_SHOT]
+  budgets = {(r['overrides']['train.steps'], r['overrides']['train.batch_size']) for r in trained}
+  assert budgets == {(100, 32)}
+  assert {r['overrides']['train.strategy'] for r in trained} == {
+      'x_x_mono', 'x_y', 'x_x', 'en_en', 'hybrid'}
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'seeds': (0, 0)}, 'distinct'),
+    ({'arms': {'a.b': {}}}, 'without'),
+    ({'contrasts': (('hybrid', 'nope'),)}, 'arm the sweep does not have'),
+    ({'budget': {'train.stepz': 3}}, 'no field train.stepz'),
+    ({'budget': {'train.batch_size': 1}}, 'config.train.batch_size'),
+])
+def test_bad_sweeps_fail_naming_the_field(changes, message):
+  with pytest.raises(sweep_lib.SweepError, match=message):
+    sweep_lib.validate(spec(**changes))
+
+
+def test_sweep_skips_finished_runs_and_resumes(tmp_path):
+  calls = []
+
+  def flaky(spec_, run, workdir):
+    calls.append(run['name'])
+    if len(calls) == 4:
+      raise RuntimeError('killed')
+    return fake_run(spec_, run, workdir)
+
+  summaries = tmp_path / 'summaries'
+  with pytest.raises(RuntimeError, match='killed'):
+    sweep_lib.run_sweep(spec(), tmp_path / 'runs', summaries, run_fn=flaky, log=lambda _: None)
+  assert len(list(summaries.glob('*.json.gz'))) == 3
+  calls.clear()
+  out = sweep_lib.run_sweep(spec(), tmp_path / 'runs2', summaries, run_fn=fake_run_recorded(calls),
+                            max_runs=2, log=lambda _: None)
+  assert calls == ['mlqa_to_xquad.hybrid.seed0', 'mlqa_to_xquad.x_x_mono.seed1']
+  assert len(out['skipped']) == 3 and out['ran'] == calls
+  calls.clear()
+  out = sweep_lib.run_sweep(spec(), tmp_path / 'runs3', summaries, run_fn=fake_run_recorded(calls),
+                            log=lambda _: None)
+  assert len(calls) == 5 and len(out['done']) == 10
+  out = sweep_lib.run_sweep(spec(), tmp_path / 'runs4', summaries, run_fn=None, log=lambda _: None)
+  assert out['ran'] == [] and len(out['skipped']) == 10  # nothing left: run_fn never called
+  assert json.loads((summaries / '_sweep.json').read_text())['name'] == 'toy'
+
+
+def fake_run_recorded(calls):
+  def run(spec_, run_, workdir):
+    calls.append(run_['name'])
+    return fake_run(spec_, run_, workdir)
+  return run
+
+
+def test_only_and_dry_run(tmp_path):
+  lines = []
+  sweep_lib.run_sweep(spec(), tmp_path / 'runs', tmp_path / 's', run_fn=None, only='*.hybrid.*',
+                      dry_run=True, log=lines.append)
+  commands = [l for l in lines if 'hbt.main' in l]
+  assert len(commands) == 3 * 2  # train + eval for the three hybrid seeds
+  assert not (tmp_path / 's').exists()
+
+
+def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):
+  run = sweep_lib.runs(spec())[3]
+  summary_lib.write(tmp_path / 'r.json.gz', fake_run(spec(), run, tmp_path / 'w'))
+  s = summary_lib.read(tmp_path / 'r.json.gz')
+  results = fake_results('hybrid', 0)
+  assert s['groups'] == {'all': ['en', 'de', 'th'], 'seen': ['en', 'de'], 'unseen': ['th']}
+  mono = np.mean([results['pairs'][f'{l}-{l}']['ap'] for l in ('en', 'de')])
+  assert s['summary']['seen']['mono']['ap'] == pytest.approx(mono, abs=1e-5)
+  assert s['summary']['unseen']['multi']['ap'] == pytest.approx(results['multi']['th']['ap'],
+                                                               abs=1e-5)
+  assert s['budget']['steps'] == 4 and s['budget']['batch_size'] == 8 and s['seed'] == 0
+  assert s['timing']['train_s'] == 60.0 and s['machine']['cores'] >= 1
+  assert s['describe']['lang_pairs'] == {'en-en': 3, 'de-th': 5}
+  cross_de = np.mean([results['per_query']['pairs'][p] for p in ('de-en', 'de-th')], axis=0)
+  np.testing.assert_allclose(s['per_query']['cross']['de'], cross_de, atol=1e-4)
+  np.testing.assert_allclose(s['per_query']['mono']['th'], results['per_query']['pairs']['th-th'],
+                             atol=1e-4)
+  assert (tmp_path / 'r.json.gz').stat().st_size < 20_000
+
+
+def test_missing_results_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match='xquad_r.json'):
+    summary_lib.read_run_outputs(tmp_path, 'xquad_r')
+  (tmp_path / 'bad.json.gz').write_bytes(b'nope')
+  with pytest.raises(ValueError, match='bad.json.gz'):
+    summary_lib.read(tmp_path / 'bad.json.gz')
+
+
+def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
+  """hbt.main subprocesses end to end (zero-shot, train, eval), summarised and resumed."""
+  from tests import test_main  # pylint: disable=g-import-not-at-top
+  from tests import test_weights  # pylint: disable=g-import-not-at-top
+  test_weights.write_checkpoint(tmp_path / 'tiny', 'xlm-roberta')
+  monkeypatch.delenv('XLA_FLAGS', raising=False)  # one device, as a user runs it
+  tiny = dict(arg.removeprefix('--config.').split('=', 1)
+              for arg in test_main.tiny(tmp_path / 'tiny', data_dir, 2))
+  tiny = {k: int(v) if v.isdigit() else v for k, v in tiny.items()}
+  tiny.update({'train.learning_rate': 1e-3, 'eval.progress': False, 'eval.langs': 'en,th',
+               'train.val_every': 2, 'train.checkpoint_every': 2})
+  toy = spec(budget=tiny, arms={'hybrid': {'train.strategy': 'hybrid'}}, seeds=(0,), contrasts=())
+  sweep_lib.validate(toy)
+  out = sweep_lib.run_sweep(toy, tmp_path / 'runs', tmp_path / 'summaries', log=lambda _: None)
+  assert out['ran'] == ['mlqa_to_xquad.zero_shot', 'mlqa_to_xquad.hybrid.seed0']
+  s = summary_lib.read(tmp_path / 'summaries' / 'mlqa_to_xquad.hybrid.seed0.json.gz')
+  assert s['langs'] == ['en', 'th'] and s['groups']['unseen'] == ['th']
+  assert set(s['pairs']) == {'en-en', 'en-th', 'th-en', 'th-th'}
+  assert 0 <= s['summary']['all']['mono']['ap'] <= 1 and s['budget']['steps'] == 2
+  assert sum(s['describe']['kinds'].values()) == 2 and s['timing']['train_s'] > 0
+  assert not (tmp_path / 'runs' / 'mlqa_to_xquad.hybrid.seed0' / 'checkpoints').exists()
+  assert sweep_lib.run_sweep(toy, tmp_path / 'runs', tmp_path / 'summaries', run_fn=None,
+                             log=lambda _: None)['ran'] == []
