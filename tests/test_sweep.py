@@ -185,7 +185,7 @@ def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
   """hbt.main subprocesses end to end (zero-shot, train, eval), summarised and resumed."""
   from tests import test_main  # pylint: disable=g-import-not-at-top
   from tests import test_weights  # pylint: disable=g-import-not-at-top
-  test_weights.write_checkpoint(tmp_path / 'tiny', 'xlm-roberta')
+  test_weights.write_checkpoint(tmp_path / 'tiny', 'xlmr')
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one device, as a user runs it
   tiny = dict(arg.removeprefix('--config.').split('=', 1)
               for arg in test_main.tiny(tmp_path / 'tiny', data_dir, 2))

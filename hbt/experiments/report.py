@@ -14,8 +14,8 @@ The paired tests are described in PAIRED_TESTS.
 """
 
 import collections
+import io as std_io
 import json
-import os
 import pathlib
 import re
 import sys
@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from hbt.eval import report as eval_report
+from hbt import io
 from hbt.experiments import stats
 from hbt.experiments import summary as summary_lib
 
@@ -56,7 +56,7 @@ def load(folder) -> tuple[dict, list[dict]]:
   if not paths:
     raise FileNotFoundError(f'{folder}: no run summaries (*.json.gz)')
   spec_path = folder / SPEC_FILE
-  spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+  spec = io.read_json(spec_path) if spec_path.exists() else {}
   return spec, [summary_lib.read(p) for p in paths]
 
 
@@ -385,12 +385,11 @@ def _pyplot():
 
 
 def _save(fig, path: pathlib.Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}.png')
+  png = std_io.BytesIO()
   fig.tight_layout()
-  fig.savefig(tmp)
+  fig.savefig(png, format='png')
   _pyplot().close(fig)
-  os.replace(tmp, path)
+  io.write_atomic(path, png.getvalue())
 
 
 def plot_map(runs: Runs, path: pathlib.Path) -> None:
@@ -527,7 +526,7 @@ def write_report(runs_dir, out) -> pathlib.Path:
   figures = out.parent / 'results'
   section = render(runs, str(runs_dir), str(out), figures, 'results')
   document = out.read_text() if out.exists() else DOCUMENT_HEAD
-  eval_report.write_atomic(out, splice(document, runs.name, section).encode())
+  io.write_atomic(out, splice(document, runs.name, section).encode())
   return out
 
 

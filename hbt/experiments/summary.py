@@ -19,10 +19,10 @@ import warnings
 
 import numpy as np
 
-from hbt.batches import shards
+from hbt import io
+from hbt.batches import input_pipeline
 from hbt.data import sources
 from hbt.eval import evaluate
-from hbt.eval import report
 
 FORMAT_VERSION = 1
 ZERO_SHOT = 'zero_shot'  # The arm of a run that evaluates the pretrained model (no training).
@@ -47,9 +47,9 @@ def read_run_outputs(workdir: str | os.PathLike, benchmark: str) -> dict:
   if not path.exists():
     raise FileNotFoundError(f'{path}: no evaluation results; did the run end early? See the logs '
                             f'in {workdir}')
-  results = json.loads(path.read_text())
-  manifests = [shards.read_manifest(p.parent) for p in sorted(workdir.glob('shards/*/manifest.json'))]
-  manifests = [m for m in manifests if m]
+  results = io.read_json(path)
+  manifests = [input_pipeline.read_manifest(p.parent)
+               for p in sorted(workdir.glob(f'shards/*/{input_pipeline.MANIFEST}'))]
   return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None}
 
 
@@ -183,7 +183,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
 def write(path: str | os.PathLike, summary: dict) -> None:
   """Writes a summary as gzipped JSON, atomically (mtime 0: same content, same bytes)."""
   data = json.dumps(summary, sort_keys=True, separators=(',', ':')).encode()
-  report.write_atomic(pathlib.Path(path), gzip.compress(data, mtime=0))
+  io.write_atomic(path, gzip.compress(data, mtime=0))
 
 
 def read(path: str | os.PathLike) -> dict:

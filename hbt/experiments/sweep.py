@@ -38,7 +38,7 @@ from absl import flags  # noqa: E402
 import ml_collections  # noqa: E402
 
 from hbt import config_lib  # noqa: E402
-from hbt.eval import report  # noqa: E402
+from hbt import io  # noqa: E402
 from hbt.experiments import summary as summary_lib  # noqa: E402
 
 ZERO_SHOT, SPEC_FILE = summary_lib.ZERO_SHOT, summary_lib.SPEC_FILE
@@ -189,7 +189,7 @@ def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: st
           if not only or any(fnmatch.fnmatch(r['name'], p) for p in only.split(','))]
   done, skipped, ran = [], [], []
   if not dry_run:  # in the sweep's order (arms, directions), for the report
-    report.write_atomic(summaries / SPEC_FILE, json.dumps(spec, indent=1).encode())
+    io.write_atomic(summaries / SPEC_FILE, json.dumps(spec, indent=1).encode())
   for i, run in enumerate(todo):
     path = summaries / f'{run["name"]}.json.gz'
     if path.exists():
