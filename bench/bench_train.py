@@ -56,7 +56,8 @@ def bench_hbt(config, model, batches, steps):
   tx = step_lib.make_optimizer(config.train)
   shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
   state = step_lib.create_state(model.params, tx, shardings, True)
-  fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0)
+  fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0,
+                               rules=config.mesh.rules)
   for b in batches:  # compile every shape
     state, m = fn(state, b)
     float(m['loss'])

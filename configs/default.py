@@ -80,10 +80,14 @@ def get_config():
   config.train.log_every = 10  # Steps between metric writes / console lines.
 
   config.mesh = ml_collections.ConfigDict()
-  # Mesh axis names. The global batch is split over 'data' (the set of in-batch negatives).
-  config.mesh.axes = ('data',)
-  config.mesh.shape = (-1,)  # Size of each mesh axis; -1 takes the remaining devices.
-  # Logical axis name -> mesh axis (or None: replicated) for params; e.g. ('embed', 'fsdp').
-  config.mesh.rules = (('batch', 'data'), ('vocab', None), ('embed', None), ('heads', None),
-                       ('mlp', None), ('layers', None), ('positions', None))
+  # Mesh axes: the global batch is split over data x fsdp (every pair sees all others as
+  # negatives); 'fsdp' also splits params and optimizer state, 'tensor' splits heads/mlp/vocab.
+  config.mesh.axes = ('data', 'fsdp', 'tensor')
+  config.mesh.shape = (-1, 1, 1)  # Size of each mesh axis; -1 takes the remaining devices.
+  # Logical axis name -> mesh axis, tuple of mesh axes, or None (replicated), for params ('vocab',
+  # 'embed', 'heads', 'mlp', 'layers', 'positions') and hidden states ('batch', 'length',
+  # 'act_embed', 'heads', 'mlp'). See hbt/sharding.py.
+  config.mesh.rules = (('batch', ('data', 'fsdp')), ('length', None), ('act_embed', None),
+                       ('vocab', 'tensor'), ('embed', 'fsdp'), ('heads', 'tensor'),
+                       ('mlp', 'tensor'), ('layers', None), ('positions', None))
   return config

@@ -116,5 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          'must hold positive sizes and at most one -1', mesh.shape)
   _check('data' in mesh.axes, 'mesh.axes', "must include 'data' (the batch axis)", mesh.axes)
   for rule in mesh.rules:
-    _check(len(rule) == 2 and (rule[1] is None or rule[1] in mesh.axes), 'mesh.rules',
-           f'must map logical names to one of {tuple(mesh.axes)} or None', rule)
+    target = rule[1] if len(rule) == 2 else '?'
+    targets = tuple(target) if isinstance(target, (tuple, list)) else (target,)
+    _check(all(t is None or t in mesh.axes for t in targets), 'mesh.rules',
+           f'must map logical names to axes of {tuple(mesh.axes)}, tuples of them or None', rule)

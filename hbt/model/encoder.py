@@ -2,7 +2,9 @@
 
 Embeddings (word + position + token type, LayerNorm), post-LN transformer layers (scanned, so the
 layer stack compiles once), mean, CLS or CLS-and-pooler pooling and L2 normalisation. Every
-parameter carries a logical axis name ('vocab', 'embed', 'heads', 'mlp', 'layers', 'positions') so a mesh can shard it.
+parameter carries a logical axis name ('vocab', 'embed', 'heads', 'mlp', 'layers', 'positions') so a
+mesh can shard it, and so do the hidden states ('batch', 'length', 'act_embed', 'heads', 'mlp'; see
+hbt/sharding.py).
 
 Matmuls take inputs in `dtype` (float32 or bfloat16) and accumulate in float32
 (`preferred_element_type`), which is what uses the AMX units of a Sapphire Rapids CPU and the tensor
@@ -89,6 +91,11 @@ def _batched_matmul_bwd(residuals, g):
 batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
+def _constrain(x, axes):
+  """Shards a hidden state by logical axis names (a no-op outside sharding.activation_rules)."""
+  return nn.with_logical_constraint(x, axes)
+
+
 def _param(module, name, init, shape, axes):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
@@ -149,14 +156,16 @@ class Layer(nn.Module):
     ctx = batched_matmul(probs.reshape(batch * a.heads, length, length), v)
     ctx = ctx.reshape(batch, a.heads, length, head_dim).transpose(0, 2, 1, 3).reshape(
         batch, length, a.hidden)
+    ctx = _constrain(ctx, ('batch', 'length', 'heads'))
     attn = Dense(a.hidden, ('heads', 'embed'), self.dtype, name='out')(ctx)
     x = LayerNorm(a.layer_norm_eps, name='attn_ln')(x + drop(attn))
 
     h = Dense(a.mlp, ('embed', 'mlp'), self.dtype, name='mlp_in')(x)
+    h = _constrain(h, ('batch', 'length', 'mlp'))
     h = Dense(a.hidden, ('mlp', 'embed'), self.dtype, name='mlp_out')(
         jax.nn.gelu(h, approximate=False))
     x = LayerNorm(a.layer_norm_eps, name='mlp_ln')(x + drop(h))
-    return x, None
+    return _constrain(x, ('batch', 'length', 'act_embed')), None
 
 
 class Encoder(nn.Module):
@@ -181,6 +190,7 @@ class Encoder(nn.Module):
     x = jnp.take(word, ids, axis=0) + position[positions][None] + token_type[0]
     x = LayerNorm(a.layer_norm_eps, name='embeddings_ln')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = _constrain(x, ('batch', 'length', 'act_embed'))
 
     attn_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
     layer = nn.remat(Layer, static_argnums=()) if self.remat else Layer

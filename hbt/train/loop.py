@@ -143,8 +143,9 @@ def train(config, workdir: pathlib.Path, model, mesh, shard_dir: pathlib.Path, v
   start = int(state.step)
   if start:
     logging.info('resuming from the checkpoint at step %d', start)
-  train_fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, t, config.seed)
-  eval_fn = step_lib.jit_eval_step(model.module, shardings, mesh, t)
+  train_fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, t, config.seed,
+                                     config.mesh.rules)
+  eval_fn = step_lib.jit_eval_step(model.module, shardings, mesh, t, config.mesh.rules)
   writer = metric_writers.create_default_writer(str(workdir / 'tensorboard'),
                                                 just_logging=jax.process_index() > 0)
   data = input_pipeline.as_numpy(input_pipeline.make_dataset(

@@ -193,19 +193,21 @@ def create_state(params: dict, tx, shardings: TrainState, freeze_embeddings: boo
   return TrainState(step=step, params=trainable, frozen=frozen, opt_state=opt_state)
 
 
-def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: int):
-  """train_step jitted over the mesh: state sharded as `shardings` and donated, batch on 'data'."""
+def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: int,
+                   rules=()):
+  """train_step jitted over the mesh: state sharded as `shardings` and donated, batch split over
+  data x fsdp, hidden states constrained by the logical axis `rules` (config.mesh.rules)."""
   fn = functools.partial(train_step, module=module, tx=tx, seed=seed,
                          temperature=train_config.loss_temperature,
                          symmetric=train_config.symmetric_loss,
                          accum_steps=train_config.grad_accum_steps)
-  return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+  return jax.jit(sharding.with_activation_rules(fn, mesh, rules), in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def jit_eval_step(module, shardings: TrainState, mesh, train_config):
+def jit_eval_step(module, shardings: TrainState, mesh, train_config, rules=()):
   """eval_step jitted over the mesh."""
   fn = functools.partial(eval_step, module=module, temperature=train_config.loss_temperature,
                          symmetric=train_config.symmetric_loss)
-  return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+  return jax.jit(sharding.with_activation_rules(fn, mesh, rules), in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
