@@ -31,28 +31,35 @@ def spec(**changes):
 
 
 def fake_results(arm: str, seed, benchmark='xquad_r') -> dict:
-  """Evaluation results with per-query AP: a base per question, the arm's effect, seed noise."""
+  """Evaluation results with per-query AP: a base per question, the arm's effect, seed noise.
+
+  The last question has no answer in th (as in MLQA-R, not every question is in every language).
+  """
   base = np.random.default_rng(100).uniform(0.3, 0.8, NUM_QUESTIONS)
   rng = np.random.default_rng(1 + (seed or 0) * 7 + len(arm))
   effect = EFFECTS.get(arm, -0.1)
-  ids = [f'q{i}' for i in range(NUM_QUESTIONS)]
+  ids = np.array([f'q{i}' for i in range(NUM_QUESTIONS)])
+  has = {l: np.arange(NUM_QUESTIONS) < NUM_QUESTIONS - (l == 'th') for l in LANGS}
   per_pair, pairs, multi, multi_q = {}, {}, {}, {}
   for q in LANGS:
     for c in LANGS:
+      keep = has[q] & has[c]
       ap = np.clip(base + effect + (0.1 if q == c else 0) + rng.normal(0, 0.02, NUM_QUESTIONS),
-                   0, 1)
-      per_pair[f'{q}-{c}'] = ap.tolist()
+                   0, 1)[keep]
+      per_pair[f'{q}-{c}'] = {'qids': ids[keep].tolist(), 'ap': ap.tolist()}
       pairs[f'{q}-{c}'] = {'ap': float(ap.mean()), 'recall@1': float(ap.mean()) - 0.1,
                            'recall@10': 0.9, 'mrr': float(ap.mean()), 'ndcg@10': 0.5,
                            'rank_min': 1.0, 'rank_max': 1.0, 'rank_distance': 0.0}
-    ap = np.clip(base + effect - 0.3 + rng.normal(0, 0.02, NUM_QUESTIONS), 0, 1)
-    multi_q[q] = ap.tolist()
+    ap = np.clip(base + effect - 0.3 + rng.normal(0, 0.02, NUM_QUESTIONS), 0, 1)[has[q]]
+    multi_q[q] = {'qids': ids[has[q]].tolist(), 'ap': ap.tolist()}
     multi[q] = {'ap': float(ap.mean()), 'recall@1': 0.2, 'recall@10': 0.7, 'mrr': 0.3,
                 'ndcg@10': 0.4, 'rank_min': 3.0, 'rank_max': 300.0 - 100 * effect,
                 'rank_distance': 297.0 - 100 * effect}
   return {'benchmark': benchmark, 'langs': list(LANGS), 'pairs': pairs, 'multi': multi,
           'timing': {'encode_s': 5.0, 'score_s': 1.0},
-          'per_query': {'ids': {l: ids for l in LANGS}, 'pairs': per_pair, 'multi': multi_q}}
+          'per_query': {'langs': list(LANGS),
+                        'queries': {l: {'qids': ids[has[l]].tolist()} for l in LANGS},
+                        'pairs': per_pair, 'multi': multi_q}}
 
 
 def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
@@ -166,10 +173,14 @@ def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):
   assert s['budget']['steps'] == 4 and s['budget']['batch_size'] == 8 and s['seed'] == 0
   assert s['timing']['train_s'] == 60.0 and s['machine']['cores'] >= 1
   assert s['describe']['lang_pairs'] == {'en-en': 3, 'de-th': 5}
-  cross_de = np.mean([results['per_query']['pairs'][p] for p in ('de-en', 'de-th')], axis=0)
-  np.testing.assert_allclose(s['per_query']['cross']['de'], cross_de, atol=1e-4)
-  np.testing.assert_allclose(s['per_query']['mono']['th'], results['per_query']['pairs']['th-th'],
-                             atol=1e-4)
+  pq = results['per_query']['pairs']
+  order = np.argsort([f'q{i}' for i in range(NUM_QUESTIONS)])  # the summary's qids are sorted
+  assert s['per_query']['qids'] == sorted(f'q{i}' for i in range(NUM_QUESTIONS))
+  th = np.append(pq['th-th']['ap'], np.nan)[order]  # the last question is not asked in th
+  np.testing.assert_allclose(np.array(s['per_query']['mono']['th'], float), th, atol=1e-4)
+  cross_de = np.mean([pq['de-en']['ap'], pq['de-th']['ap'] + [np.nan]], axis=0)
+  cross_de[-1] = pq['de-en']['ap'][-1]  # and has no th answer: de-en only
+  np.testing.assert_allclose(s['per_query']['cross']['de'], cross_de[order], atol=1e-4)
   assert (tmp_path / 'r.json.gz').stat().st_size < 20_000
 
 

@@ -276,9 +276,9 @@ def question_ap(runs: list[dict], setting: str) -> dict[str, float] | None:
     return None
   sums, counts = collections.defaultdict(float), collections.defaultdict(int)
   for p in per_run:
-    for lang, ids in p['ids'].items():
-      for qid, ap in zip(ids, p[setting][lang]):
-        if ap is not None and np.isfinite(ap):
+    for values in p[setting].values():
+      for qid, ap in zip(p['qids'], values):
+        if ap is not None:
           sums[qid] += ap
           counts[qid] += 1
   return {q: sums[q] / counts[q] for q in sums}

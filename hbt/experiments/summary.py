@@ -54,30 +54,39 @@ def read_run_outputs(workdir: str | os.PathLike, benchmark: str) -> dict:
 
 
 def per_query_ap(results: dict) -> dict | None:
-  """Per-query AP per setting from results that carry it, else None.
+  """Per-query AP per setting, aligned on each language's queries, from results['per_query'].
+
+  results['per_query'] is the evaluation's layout: 'queries': {X: {'qids': [Q]}} (every query of
+  language X), 'pairs': {'X-Y': {'qids': [n], 'ap': [n]}} (the queries of X with an answer in Y)
+  and 'multi': {X: {'qids': [n], 'ap': [n]}}.
 
   Returns:
-    {'ids': {lang: [query ids]}, 'mono': {lang: [AP on X-X]}, 'cross': {lang: [mean AP over the
-     other languages that hold the answer]}, 'multi': {lang: [AP in the pool]}}; NaN where a
-     query has no answer in the setting.
+    None if the results carry no per-query figures, else {'qids': every query id of the
+    benchmark, sorted, and for 'mono', 'cross', 'multi': {X: [AP of each of those questions asked
+    in language X]}}: mono on X-X, cross the mean over the languages Y != X that hold the answer,
+    multi in the pool; NaN where X lacks the question or it has no answer in the setting.
   """
   per_query = results.get('per_query')
   if not per_query:
     return None
   langs = results['langs']
-  out = {'ids': {}, 'mono': {}, 'cross': {}, 'multi': {}}
-  for q in langs:
-    out['ids'][q] = list(per_query['ids'][q])
-    rows = {c: np.asarray(per_query['pairs'][f'{q}-{c}'], np.float64) for c in langs}
-    out['mono'][q] = rows[q]
-    others = [rows[c] for c in langs if c != q]
+  qids = sorted({str(q) for x in langs for q in per_query['queries'][x]['qids']})
+  position = {q: i for i, q in enumerate(qids)}
+
+  def aligned(entry):
+    out = np.full(len(qids), np.nan)
+    out[[position[str(q)] for q in entry['qids']]] = entry['ap']
+    return out
+
+  out = {'qids': qids, 'mono': {}, 'cross': {}, 'multi': {}}
+  for x in langs:
+    out['mono'][x] = aligned(per_query['pairs'][f'{x}-{x}'])
+    others = [aligned(per_query['pairs'][f'{x}-{y}']) for y in langs if y != x]
     with warnings.catch_warnings():  # a query with no cross-lingual answer gets NaN
       warnings.simplefilter('ignore', category=RuntimeWarning)
-      out['cross'][q] = np.nanmean(np.stack(others), axis=0) if others else np.full_like(
-          rows[q], np.nan)
-    out['multi'][q] = np.asarray(per_query['multi'][q], np.float64)
+      out['cross'][x] = np.nanmean(others, axis=0) if others else np.full(len(qids), np.nan)
+    out['multi'][x] = aligned(per_query['multi'][x])
   return out
-
 
 
 def train_langs(config) -> list[str]:
@@ -175,7 +184,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
   }
   per_query = per_query_ap(results)
   if per_query is not None:
-    out['per_query'] = {k: (v if k == 'ids' else _rounded(v, PER_QUERY_DIGITS))
+    out['per_query'] = {k: (v if k == 'qids' else _rounded(v, PER_QUERY_DIGITS))
                         for k, v in per_query.items()}
   return out
 
