@@ -10,8 +10,9 @@ import ml_collections
 def get_config():
   """The default config; variants import it and change a few fields."""
   config = ml_collections.ConfigDict()
-  # What to run: 'all' (prepare if needed, eval before, train, eval after), 'prepare', 'train'
-  # or 'eval' (zero-shot evaluation of config.model, or of the latest checkpoint in workdir).
+  # What to run: 'all' (prepare if needed, eval before, train, eval after), 'prepare', 'train',
+  # 'eval' (zero-shot evaluation of config.model, or of the latest checkpoint in workdir) or
+  # 'dry_run' (compile the train step for config.model.arch on simulated devices, no weights).
   config.mode = 'all'
   config.seed = 0  # Seeds the batch sampler, the validation split, dropout and random init.
 
@@ -42,6 +43,10 @@ def get_config():
   config.model.max_length = 256  # Longest tokenised text (specials included) when evaluating.
   config.model.dropout_rate = 0.1  # Dropout in training (embeddings, attention, residuals).
   config.model.remat = False  # Recompute layer activations in backprop: less memory, more time.
+  # The checkpoint's architecture (hbt.model.encoder.Arch fields: vocab_size, hidden, layers, heads,
+  # mlp, max_positions, type_vocab_size, position_offset, layer_norm_eps, pad_id) for dry runs,
+  # which need no weights; empty reads a local checkpoint's config.json. configs/models.py sets it.
+  config.model.arch = ml_collections.ConfigDict()
 
   config.eval = ml_collections.ConfigDict()
   config.eval.benchmark = 'xquad_r'  # Zero-shot benchmark: 'xquad_r' or 'mlqa_r'.
@@ -90,4 +95,8 @@ def get_config():
   config.mesh.rules = (('batch', ('data', 'fsdp')), ('length', None), ('act_embed', None),
                        ('vocab', 'tensor'), ('embed', 'fsdp'), ('heads', 'tensor'),
                        ('mlp', 'tensor'), ('layers', None), ('positions', None))
+
+  config.dry_run = ml_collections.ConfigDict()
+  # Simulated CPU devices the dry run compiles for (config.mesh spans them; hbt/train/dry_run.py).
+  config.dry_run.devices = 8
   return config

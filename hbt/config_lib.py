@@ -1,5 +1,6 @@
 """Validation of an experiment config: a bad value fails at start with the field's name."""
 
+import dataclasses
 import math
 import pathlib
 
@@ -10,7 +11,7 @@ from hbt.data import sources
 from hbt.model import dtype as dtype_lib
 from hbt.model import encoder
 
-MODES = ('all', 'prepare', 'train', 'eval')
+MODES = ('all', 'prepare', 'train', 'eval', 'dry_run')
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number(config, 'model.max_length', 8, 512, integer=True)
   _number(config, 'model.dropout_rate', 0.0, 0.9)
   _check(isinstance(m.remat, bool), 'model.remat', 'must be a bool', m.remat)
+  if m.arch:
+    fields = tuple(f.name for f in dataclasses.fields(encoder.Arch))
+    _check(set(m.arch) == set(fields), 'model.arch', f'must be empty or set {", ".join(fields)}',
+           dict(m.arch))
+    for field in fields:
+      if field != 'layer_norm_eps':
+        _number(config, f'model.arch.{field}', 0 if field.endswith(('offset', 'id')) else 1,
+                integer=True)
+    _number(config, 'model.arch.layer_norm_eps', 0.0, 1.0, low_open=True)
+    _check(m.arch.hidden % m.arch.heads == 0, 'model.arch.heads',
+           f'must divide config.model.arch.hidden={m.arch.hidden}', m.arch.heads)
+  _check(config.mode != 'dry_run' or bool(m.arch) or
+         (m.source == 'hf' and (pathlib.Path(m.checkpoint) / 'config.json').exists()),
+         'model.arch', "must be set for config.mode='dry_run' unless config.model.checkpoint is a "
+         'local folder with config.json (configs/models.py sets it)', dict(m.arch))
 
   _choice(config, 'eval.benchmark', tuple(sources.SOURCES))
   if config.eval.langs:
@@ -107,6 +123,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number(config, 'train.max_passage_length', 8, 512, integer=True)
   for field in ('checkpoint_every', 'val_every', 'log_every', 'keep_checkpoints', 'val_batches'):
     _number(config, f'train.{field}', 1, integer=True)
+
+  _number(config, 'dry_run.devices', 1, 4096, integer=True)
 
   mesh = config.mesh
   _check(len(mesh.axes) == len(mesh.shape) and len(mesh.axes) > 0, 'mesh.shape',

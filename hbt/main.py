@@ -1,7 +1,7 @@
 """hbt entry point: python -m hbt.main --config=configs/xquad.py --workdir=DIR [--config.x=y].
 
 config.mode selects the job: 'all' (prepare shards if needed, evaluate zero-shot, train, evaluate
-the trained model), 'prepare', 'train' or 'eval'.
+the trained model), 'prepare', 'train', 'eval' or 'dry_run' (hbt/train/dry_run.py).
 """
 
 import os
@@ -17,6 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 from hbt import config_lib  # noqa: E402
 from hbt import io  # noqa: E402
+from hbt.train import dry_run  # noqa: E402
 from hbt.train import loop  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -34,10 +35,13 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO; --verbosity=0 shows it
     logging.set_verbosity(logging.WARNING)
   tf.config.experimental.set_visible_devices([], 'GPU')  # tf.data only; accelerators are JAX's.
-  if _COORDINATOR.value or os.environ.get('HBT_MULTIHOST'):
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   config_lib.validate(config)
+  if config.mode == 'dry_run':  # first: it sets the simulated device count before JAX starts
+    dry_run.run(config)
+    return
+  if _COORDINATOR.value or os.environ.get('HBT_MULTIHOST'):
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # Compiled programs persist across runs (one per batch shape), so a rerun starts fast.
   jax.config.update('jax_compilation_cache_dir', str(io.cache_dir() / 'jax'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)

@@ -172,15 +172,19 @@ def eval_step(state: TrainState, batch: dict, *, module: nn.Module, temperature:
           'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1])}
 
 
-def state_shardings(module: nn.Module, tx, mesh, rules, freeze_embeddings: bool) -> TrainState:
-  """NamedShardings of the TrainState from the params' logical axis names and config rules."""
+def abstract_state(module: nn.Module, tx, freeze_embeddings: bool) -> TrainState:
+  """The TrainState's shapes and dtypes (no memory), params boxed with their logical axis names."""
   dummy = jnp.zeros((1, 2), jnp.int32)
   boxed = jax.eval_shape(module.init, jax.random.key(0), dummy, dummy)['params']
   trainable, frozen = split_params(boxed, freeze_embeddings)
-  abstract = jax.eval_shape(
+  return jax.eval_shape(
       lambda: TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
                          opt_state=tx.init(trainable)))
-  return sharding.param_shardings(mesh, abstract, rules)
+
+
+def state_shardings(module: nn.Module, tx, mesh, rules, freeze_embeddings: bool) -> TrainState:
+  """NamedShardings of the TrainState from the params' logical axis names and config rules."""
+  return sharding.param_shardings(mesh, abstract_state(module, tx, freeze_embeddings), rules)
 
 
 def create_state(params: dict, tx, shardings: TrainState, freeze_embeddings: bool) -> TrainState:

@@ -1,0 +1,137 @@
+"""`--config.mode=dry_run`: the train step of a big model, compiled for N devices, with no weights.
+
+  python -m hbt.main --config=configs/models.py:xlmr_xl --workdir=/tmp/dry \\
+      --config.mode=dry_run --config.dry_run.devices=64 --config.mesh.shape='(1,-1,1)'
+
+The params and optimizer state exist only as shapes (`jax.eval_shape`); the train step is lowered
+and compiled ahead of time (`jit(...).lower(...).compile()`) for config.model.arch on
+config.dry_run.devices simulated CPU devices laid out as config.mesh, with the real shardings, batch
+(config.train: batch_size, max_*_length, hard_negatives, grad_accum_steps) and remat. XLA's host
+device count is fixed when JAX starts its backend, so hbt.main calls `run` first thing, before
+anything touches a device; in a process whose backend has started (tests), `analyse` takes the
+devices it has. Printed, per step and per device unless said otherwise:
+  params           parameter count (all, and trainable);
+  flops            XLA's cost analysis of the compiled per-device program, and x devices;
+  params / opt     bytes of this device's shards of the params and of the optimizer state;
+  temp             XLA's temporaries: activations kept for the backward pass, gradients, buffers;
+  peak             arguments + outputs - donated aliases + temporaries.
+A CPU compile sees the same shapes and shardings as a TPU or GPU one but schedules differently, so the
+temp figure is an estimate of an accelerator's; the params and optimizer figures are exact.
+"""
+
+import json
+import math
+import os
+import pathlib
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+
+from hbt import sharding
+from hbt.model import encoder
+from hbt.model import weights
+from hbt.train import step as step_lib
+
+
+def use_simulated_devices(count: int) -> None:
+  """Makes JAX start with `count` CPU devices; call before anything touches a device."""
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', os.environ.get('XLA_FLAGS', ''))
+  os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={count}'.strip()
+  jax.config.update('jax_platforms', 'cpu')
+  if jax.device_count() != count:
+    raise RuntimeError(f'config.dry_run.devices={count}, but JAX had already started with '
+                       f'{jax.device_count()} devices')
+
+
+def arch_of(model_config) -> encoder.Arch:
+  """config.model.arch, else the architecture in a local checkpoint folder's config.json."""
+  if model_config.arch:
+    return encoder.Arch(**model_config.arch)
+  path = pathlib.Path(model_config.checkpoint) / 'config.json'
+  return weights.hf_arch(json.loads(path.read_text(encoding='utf-8')))
+
+
+def _abstract_batch(train_config, mesh) -> dict:
+  """ShapeDtypeStructs of one global training batch, split like the real ones."""
+  t, spec = train_config, sharding.batch_sharding(mesh)
+  shapes = {'query': (t.batch_size, t.max_query_length),
+            'positive': (t.batch_size, t.max_passage_length)}
+  if t.hard_negatives:
+    shapes['negative'] = (t.batch_size, t.hard_negatives, t.max_passage_length)
+  return {f'{side}_{kind}': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec)
+          for side, shape in shapes.items() for kind in ('tokens', 'mask')}
+
+
+def _device_bytes(tree, shardings) -> int:
+  """Bytes of one device's shards of `tree` (ShapeDtypeStructs) laid out as `shardings`."""
+  sizes = jax.tree.map(lambda x, s: math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize,
+                       tree, shardings)
+  return sum(jax.tree.leaves(sizes))
+
+
+def analyse(config, arch: encoder.Arch, devices=None) -> dict:
+  """Compiles the train step for `arch` on `devices` (default: all) without weights; its figures."""
+  c = config
+  mesh = sharding.make_mesh(c.mesh, devices)
+  dtype = 'bfloat16' if c.model.dtype == 'auto' else c.model.dtype  # 'auto' is bf16 on accelerators
+  pooling = 'mean' if c.model.pooling == 'auto' else c.model.pooling
+  module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype),
+                           dropout_rate=c.model.dropout_rate, remat=c.model.remat)
+  tx = step_lib.make_optimizer(c.train)
+  freeze = c.train.freeze_embeddings
+  shardings = step_lib.state_shardings(module, tx, mesh, c.mesh.rules, freeze)
+  abstract = nn.unbox(step_lib.abstract_state(module, tx, freeze))
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       abstract, shardings)
+  start = time.perf_counter()
+  step = step_lib.jit_train_step(module, tx, shardings, mesh, c.train, c.seed, c.mesh.rules)
+  compiled = step.lower(state, _abstract_batch(c.train, mesh)).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  params = {**state.params, **state.frozen}
+  return {
+      'devices': mesh.size, 'mesh': dict(mesh.shape), 'dtype': dtype, 'remat': c.model.remat,
+      'batch': (c.train.batch_size, c.train.max_query_length, c.train.max_passage_length),
+      'params': sum(x.size for x in jax.tree.leaves(params)),
+      'trainable_params': sum(x.size for x in jax.tree.leaves(state.params)),
+      'flops_per_device': float(cost.get('flops', float('nan'))) if cost else float('nan'),
+      'params_bytes': _device_bytes(params, {**shardings.params, **shardings.frozen}),
+      'opt_state_bytes': _device_bytes(state.opt_state, shardings.opt_state),
+      'argument_bytes': memory.argument_size_in_bytes,
+      'output_bytes': memory.output_size_in_bytes,
+      'alias_bytes': memory.alias_size_in_bytes,
+      'temp_bytes': memory.temp_size_in_bytes,
+      'compile_seconds': seconds,
+  }
+
+
+def summary(r: dict) -> str:
+  """The figures of `analyse`, one per line."""
+  gib = lambda b: f'{b / 2**30:.3f} GiB'
+  peak = r['argument_bytes'] + r['output_bytes'] - r['alias_bytes'] + r['temp_bytes']
+  return '\n'.join([
+      f"dry run: {r['devices']} devices, mesh {r['mesh']}, {r['dtype']} matmuls, "
+      f"remat {r['remat']}, batch x query x passage tokens {r['batch']}",
+      f"params           {r['params'] / 1e6:,.1f} M ({r['trainable_params'] / 1e6:,.1f} M trained)",
+      f"flops / step     {r['flops_per_device']:.3e} per device, "
+      f"{r['flops_per_device'] * r['devices']:.3e} in all",
+      f"params / device  {gib(r['params_bytes'])}",
+      f"opt / device     {gib(r['opt_state_bytes'])}",
+      f"temp / device    {gib(r['temp_bytes'])} (activations, gradients, buffers)",
+      f"peak / device    {gib(peak)} (arguments + outputs - donated + temp)",
+      f"compiled in      {r['compile_seconds']:.0f} s",
+  ])
+
+
+def run(config) -> dict:
+  """The dry run of config: simulated devices, compile, print the figures; returns them."""
+  use_simulated_devices(config.dry_run.devices)
+  result = analyse(config, arch_of(config.model))
+  print(summary(result), flush=True)
+  return result

@@ -1,0 +1,83 @@
+"""The dry run: a train step compiled on abstract shapes; FSDP over 8 devices divides the per-device
+params and optimizer memory by 8; the CLI mode sets its own simulated device count."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import models
+from hbt import config_lib
+from hbt.model import encoder
+from hbt.train import dry_run
+from tests.conftest import REPO
+
+# Every dimension the rules split is divisible by 8.
+ARCH = dict(vocab_size=512, hidden=64, layers=1, heads=4, mlp=128, max_positions=64,
+            type_vocab_size=1, position_offset=2, layer_norm_eps=1e-5, pad_id=1)
+
+
+def tiny_config(mesh_shape):
+  config = models.get_config('xlmr_base')
+  config.model.arch.update(ARCH)
+  config.train.update(batch_size=16, max_query_length=8, max_passage_length=16,
+                      freeze_embeddings=False)
+  config.mesh.shape = mesh_shape
+  config_lib.validate(config)
+  return config
+
+
+def param_count(a: encoder.Arch) -> int:
+  """BERT / XLM-R parameter count, written out by hand."""
+  h, m = a.hidden, a.mlp
+  embeddings = (a.vocab_size + a.max_positions + a.type_vocab_size) * h + 2 * h
+  layer = 4 * (h * h + h) + (h * m + m) + (m * h + h) + 2 * 2 * h
+  return embeddings + a.layers * layer
+
+
+@pytest.fixture(scope='module')
+def data_and_fsdp():
+  return [dry_run.analyse(tiny_config(shape), encoder.Arch(**ARCH))
+          for shape in ((-1, 1, 1), (1, -1, 1))]
+
+
+def test_fsdp_divides_param_and_optimizer_memory_by_devices(data_and_fsdp):
+  data, fsdp = data_and_fsdp
+  assert data['devices'] == fsdp['devices'] == jax.device_count() == 8
+  assert data['params'] == fsdp['params'] == param_count(encoder.Arch(**ARCH))
+  assert data['params_bytes'] == 4 * data['params']  # float32, replicated
+  assert 7.5 < data['params_bytes'] / fsdp['params_bytes'] <= 8
+  assert 7.5 < data['opt_state_bytes'] / fsdp['opt_state_bytes'] <= 8  # Adam's mu and nu
+  # XLA's own view of the step's inputs (state + batch) shrinks alike.
+  assert data['argument_bytes'] / fsdp['argument_bytes'] > 6
+  assert data['flops_per_device'] > 0 and data['temp_bytes'] > 0
+
+
+def test_model_configs_validate_and_carry_their_architecture():
+  for name in models.MODELS:
+    config = models.get_config(name)
+    config.mode = 'dry_run'
+    config_lib.validate(config)
+  xl, xxl = models.get_config('xlmr_xl').model.arch, models.get_config('xlmr_xxl').model.arch
+  assert 3.4e9 < param_count(encoder.Arch(**xl)) < 3.6e9  # "XLM-R XL (3.5B)"
+  assert 10.6e9 < param_count(encoder.Arch(**xxl)) < 10.8e9  # "XLM-R XXL (10.7B)"
+  config = models.get_config('xlmr_base')
+  config.mode, config.model.arch = 'dry_run', {}
+  with pytest.raises(config_lib.ConfigError, match=r'config\.model\.arch'):
+    config_lib.validate(config)
+
+
+def test_cli_dry_run_sets_its_device_count(tmp_path):
+  overrides = [f'--config.model.arch.{k}={v}' for k, v in ARCH.items()]
+  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': ''}
+  out = subprocess.run(
+      [sys.executable, '-m', 'hbt.main', '--config=configs/models.py:xlmr_base',
+       f'--workdir={tmp_path}', '--config.mode=dry_run', '--config.dry_run.devices=4',
+       '--config.mesh.shape=(1,-1,1)', '--config.train.batch_size=8',
+       '--config.train.max_passage_length=16', '--config.train.max_query_length=8', *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "dry run: 4 devices, mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in out.stdout
+  assert f"params           {param_count(encoder.Arch(**ARCH)) / 1e6:,.1f} M" in out.stdout
