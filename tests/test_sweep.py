@@ -22,8 +22,8 @@ EFFECTS = {'x_x_mono': 0.0, 'x_y': 0.0, 'hybrid': 0.08, 'hybrid_twin': 0.08}  # 
 
 def spec(**changes):
   out = {'name': 'toy', 'config': 'configs/default.py',
-         'budget': {'train.steps': 4, 'train.batch_size': 8, 'eval.langs': 'en,de,th'},
-         'directions': {'mlqa_to_xquad': {'data.train': 'mlqa_r', 'eval.benchmark': 'xquad_r'}},
+         'budget': {'train.steps': 4, 'train.batch_size': 8},
+         'directions': {'mlqa_to_xquad': {'config': 'configs/xquad.py', 'data.train': 'mlqa_r'}},
          'arms': {a: {'train.strategy': a} for a in ARMS},
          'seeds': (0, 1, 2), 'contrasts': (('hybrid', 'x_x_mono'), ('hybrid', 'x_y'))}
   out.update(changes)
@@ -64,10 +64,10 @@ def fake_results(arm: str, seed, benchmark='xquad_r') -> dict:
 
 def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
   """Writes a run's outputs as hbt.main would, then summarises them as the real runner does."""
-  config = sweep_lib.apply_overrides(sweep_lib.load_config(spec_['config']), run['overrides'])
+  del spec_
+  config = sweep_lib.run_config(run)
   (workdir / 'eval').mkdir(parents=True)
-  (workdir / 'eval' / f'{config.eval.benchmark}.json').write_text(
-      json.dumps(fake_results(run['arm'], run['seed'], config.eval.benchmark)))
+  (workdir / 'eval' / 'xquad_r.json').write_text(json.dumps(fake_results(run['arm'], run['seed'])))
   if run['arm'] != sweep_lib.ZERO_SHOT:
     english = {'x_x_mono': 1, 'x_y': 6}.get(run['arm'], 3)
     manifest = {'describe': {'kinds': {'mono': 2, 'cross': 2}, 'lang_pairs': {
@@ -75,7 +75,7 @@ def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
                              'positive_langs': {'en': english, 'th': 8 - english}}}
     (workdir / 'shards' / 'abc').mkdir(parents=True)
     (workdir / 'shards' / 'abc' / 'manifest.json').write_text(json.dumps(manifest))
-  outputs = summary_lib.read_run_outputs(workdir, config.eval.benchmark)
+  outputs = summary_lib.read_run_outputs(workdir)
   return summary_lib.make_summary(run, config, outputs, {'train_s': 60.0, 'eval_s': 30.0})
 
 
@@ -86,11 +86,11 @@ def test_runs_are_zero_shot_then_seed_major_with_merged_overrides():
       'mlqa_to_xquad.hybrid.seed0', 'mlqa_to_xquad.x_x_mono.seed1']
   assert len(runs) == 1 + 3 * 3
   hybrid = runs[3]['overrides']
-  assert hybrid == {'train.steps': 4, 'train.batch_size': 8, 'eval.langs': 'en,de,th',
-                    'data.train': 'mlqa_r', 'eval.benchmark': 'xquad_r',
+  assert hybrid == {'train.steps': 4, 'train.batch_size': 8, 'data.train': 'mlqa_r',
                     'train.strategy': 'hybrid', 'seed': 0}
-  cmd = sweep_lib.command(spec(), runs[3], pathlib.Path('w'), 'train')
-  assert cmd[1:5] == ['-m', 'hbt.main', '--config=configs/default.py', '--workdir=w']
+  assert runs[3]['config'] == 'configs/xquad.py'
+  cmd = sweep_lib.command(runs[3], pathlib.Path('w'), 'train')
+  assert cmd[1:5] == ['-m', 'hbt.main', '--config=configs/xquad.py', '--workdir=w']
   assert '--config.train.strategy=hybrid' in cmd and cmd[-1] == '--config.mode=train'
 
 
@@ -98,6 +98,7 @@ def test_the_strategies_sweep_is_valid_and_fair():
   strategies = sweep_lib.load_sweep('configs/sweeps/strategies.py')
   runs = sweep_lib.runs(strategies)
   assert len(runs) == 2 + 5 * 2 * 3
+  assert {r['config'] for r in runs} == {'configs/xquad.py', 'configs/mlqa.py'}
   trained = [r for r in runs if r['arm'] != sweep_lib.ZERO_SHOT]
   budgets = {(r['overrides']['train.steps'], r['overrides']['train.batch_size']) for r in trained}
   assert budgets == {(100, 32)}
@@ -186,7 +187,7 @@ def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):
 
 def test_missing_results_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match='xquad_r.json'):
-    summary_lib.read_run_outputs(tmp_path, 'xquad_r')
+    summary_lib.read_run_outputs(tmp_path)
   (tmp_path / 'bad.json.gz').write_bytes(b'nope')
   with pytest.raises(ValueError, match='bad.json.gz'):
     summary_lib.read(tmp_path / 'bad.json.gz')

@@ -17,11 +17,11 @@ def get_sweep():
       'name': 'strategies',
       'config': 'configs/default.py',
       'budget': {'train.steps': 100, 'train.batch_size': 32, 'train.warmup_steps': 10,
-                 'train.val_every': 50, 'train.checkpoint_every': 25, 'train.log_every': 10,
-                 'eval.langs': '', 'eval.progress': False},
+                 'train.checkpoint_every': 25, 'eval.progress': False},
+      # Every language of the evaluation benchmark (the configs' default).
       'directions': {
-          'mlqa_to_xquad': {'data.train': 'mlqa_r', 'eval.benchmark': 'xquad_r'},
-          'xquad_to_mlqa': {'data.train': 'xquad_r', 'eval.benchmark': 'mlqa_r'},
+          'mlqa_to_xquad': {'config': 'configs/xquad.py'},  # train on MLQA-R, evaluate on XQuAD-R
+          'xquad_to_mlqa': {'config': 'configs/mlqa.py'},  # train on XQuAD-R, evaluate on MLQA-R
       },
       'arms': {
           'x_x_mono': {'train.strategy': 'x_x_mono'},

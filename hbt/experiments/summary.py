@@ -31,23 +31,26 @@ DIGITS = 5  # Figures are rounded to this many decimals (AP of one query: 4 woul
 PER_QUERY_DIGITS = 4
 
 
-def read_run_outputs(workdir: str | os.PathLike, benchmark: str) -> dict:
-  """What hbt.main (mode 'eval' after 'train') left in workdir, for the summary.
+def read_run_outputs(workdir: str | os.PathLike) -> dict:
+  """What hbt.main (mode 'eval', after 'train') left in workdir, for the summary.
 
   Returns:
-    {'results': the evaluation results of `benchmark` (langs, pairs, multi, summary, timing and,
-     when the evaluation wrote them, per-query AP), 'describe': the shard manifest's batch
-     counts per kind, language and language pair (None for an evaluation-only run)}.
+    {'results': the results of the run's one benchmark evaluation, eval/<benchmark>.json (langs,
+     pairs, multi, summary, timing and, when the evaluation wrote them, per-query figures),
+     'describe': the shard manifest's batch counts per kind, language and language pair (None
+     for an evaluation-only run)}.
 
   Raises:
-    FileNotFoundError: the run left no evaluation results (names the file it looked for).
+    FileNotFoundError: the run left no evaluation results, or several (names the files).
   """
   workdir = pathlib.Path(workdir)
-  path = workdir / 'eval' / f'{benchmark}.json'
-  if not path.exists():
-    raise FileNotFoundError(f'{path}: no evaluation results; did the run end early? See the logs '
-                            f'in {workdir}')
-  results = io.read_json(path)
+  paths = [workdir / 'eval' / f'{b}.json' for b in sources.SOURCES]
+  found = [p for p in paths if p.exists()]
+  if len(found) != 1:
+    raise FileNotFoundError(f'{workdir}: expected the results of one benchmark evaluation, one of '
+                            f'{", ".join(str(p) for p in paths)}; found {len(found)}. Did the run '
+                            f'end early? See the logs in {workdir}')
+  results = io.read_json(found[0])
   manifests = [input_pipeline.read_manifest(p.parent)
                for p in sorted(workdir.glob(f'shards/*/{input_pipeline.MANIFEST}'))]
   return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None}
@@ -146,9 +149,9 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
   """The committed summary of one run.
 
   Args:
-    run: the sweep's description of the run: 'sweep', 'name', 'direction', 'arm', 'seed',
-      'overrides' (every config override the run was given).
-    config: the run's effective config (the base config with the overrides).
+    run: the sweep's description of the run (sweep.runs): 'sweep', 'name', 'direction', 'arm',
+      'seed', 'config' (its config file) and 'overrides' (every override it was given).
+    config: the run's effective config (sweep.run_config).
     outputs: read_run_outputs of the run's workdir.
     timing: wall seconds of the run's stages, e.g. {'train_s': ..., 'eval_s': ...}.
   """
@@ -161,13 +164,14 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
   out = {
       'format_version': FORMAT_VERSION,
       **{k: run[k] for k in ('sweep', 'name', 'direction', 'arm', 'seed')},
+      'config': run['config'],
       'overrides': run['overrides'],
       'train_data': config.data.train,
       'benchmark': results['benchmark'],
       'budget': {'steps': t.steps, 'batch_size': t.batch_size, 'pairs': t.steps * t.batch_size,
                  'learning_rate': t.learning_rate, 'warmup_steps': t.warmup_steps,
                  'loss_temperature': t.loss_temperature, 'strategy': t.strategy,
-                 'alpha': t.alpha, 'eval_langs': config.eval.langs or 'all',
+                 'alpha': t.alpha, 'eval_langs': ','.join(langs),
                  'model': config.model.checkpoint or config.model.source},
       'langs': langs,
       'train_langs': seen,

@@ -4,9 +4,10 @@
 
 A sweep file (configs/sweeps/*.py) defines `get_sweep()`, a dict of override lists:
   name        the sweep's name (the folder of its summaries: docs/results/runs/<name>/);
-  config      the base config file, e.g. 'configs/default.py';
-  budget      overrides shared by every run (steps, batch size, evaluation languages...);
-  directions  {name: overrides}: what the runs train on and are evaluated on;
+  config      the base config file, e.g. 'configs/default.py' (or 'file.py:arg');
+  budget      overrides shared by every run (steps, batch size...);
+  directions  {name: overrides}: what the runs train on and are evaluated on; the key 'config'
+              replaces the base config file for the direction's runs, e.g. 'configs/mlqa.py';
   arms        {name: overrides}: what is compared (strategies, alphas, extra losses...);
   seeds       the values of config.seed; every arm runs once per seed and direction;
   contrasts   (arm, arm) pairs that the report tests against each other (optional).
@@ -102,10 +103,9 @@ def validate(spec: dict) -> None:
   for a, b in spec.get('contrasts', ()):
     if a not in spec['arms'] or b not in spec['arms']:
       raise SweepError(f'contrast ({a}, {b}) names an arm the sweep does not have')
-  base = load_config(spec['config'])
   for run in runs(spec):
     try:
-      config_lib.validate(apply_overrides(base, run['overrides']))
+      config_lib.validate(run_config(run))
     except config_lib.ConfigError as e:
       raise SweepError(f'run {run["name"]}: {e}') from e
 
@@ -120,23 +120,38 @@ def load_sweep(path: str) -> dict:
 
 
 def runs(spec: dict) -> list[dict]:
-  """Every run of the sweep, in order: the zero-shot evaluations, then seed-major."""
+  """Every run of the sweep, in order: the zero-shot evaluations, then seed-major.
+
+  A run: {'sweep', 'name', 'direction', 'arm', 'seed' (None for zero-shot), 'config' (its base
+  config file), 'overrides' (every override, in order: budget, direction, arm, seed)}.
+  """
   out = []
-  for direction, overrides in spec['directions'].items():
-    out.append({'sweep': spec['name'], 'name': f'{direction}.{ZERO_SHOT}', 'direction': direction,
-                'arm': ZERO_SHOT, 'seed': None, 'overrides': {**spec['budget'], **overrides}})
+
+  def add(direction, arm, seed, *overrides):
+    d = dict(spec['directions'][direction])
+    config = d.pop('config', spec['config'])
+    merged = {k: v for o in (spec['budget'], d, *overrides) for k, v in o.items()}
+    name = f'{direction}.{arm}' + ('' if seed is None else f'.seed{seed}')
+    out.append({'sweep': spec['name'], 'name': name, 'direction': direction, 'arm': arm,
+                'seed': seed, 'config': config, 'overrides': merged})
+
+  for direction in spec['directions']:
+    add(direction, ZERO_SHOT, None)
   for seed in spec['seeds']:
-    for direction, d_overrides in spec['directions'].items():
-      for arm, a_overrides in spec['arms'].items():
-        out.append({'sweep': spec['name'], 'name': f'{direction}.{arm}.seed{seed}',
-                    'direction': direction, 'arm': arm, 'seed': seed,
-                    'overrides': {**spec['budget'], **d_overrides, **a_overrides, 'seed': seed}})
+    for direction in spec['directions']:
+      for arm, overrides in spec['arms'].items():
+        add(direction, arm, seed, overrides, {'seed': seed})
   return out
 
 
-def command(spec: dict, run: dict, workdir: pathlib.Path, mode: str) -> list[str]:
+def run_config(run: dict) -> ml_collections.ConfigDict:
+  """The effective config of a run: its base config file with its overrides."""
+  return apply_overrides(load_config(run['config']), run['overrides'])
+
+
+def command(run: dict, workdir: pathlib.Path, mode: str) -> list[str]:
   """The hbt.main command of one stage ('train' or 'eval') of a run."""
-  return [sys.executable, '-m', 'hbt.main', f'--config={spec["config"]}', f'--workdir={workdir}',
+  return [sys.executable, '-m', 'hbt.main', f'--config={run["config"]}', f'--workdir={workdir}',
           *(f'--config.{k}={v}' for k, v in run['overrides'].items()), f'--config.mode={mode}']
 
 
@@ -158,13 +173,13 @@ def _stage(cmd: list[str], log: pathlib.Path) -> float:
 def run_subprocess(spec: dict, run: dict, workdir: pathlib.Path, *,
                    keep_checkpoints: bool = False) -> dict:
   """Runs one run as hbt.main subprocesses in workdir; returns its summary."""
-  config = apply_overrides(load_config(spec['config']), run['overrides'])
+  del spec  # the run holds its config file and overrides
   timing = {}
   if run['arm'] != ZERO_SHOT:
-    timing['train_s'] = _stage(command(spec, run, workdir, 'train'), workdir / 'train.log')
-  timing['eval_s'] = _stage(command(spec, run, workdir, 'eval'), workdir / 'eval.log')
-  summary = summary_lib.make_summary(
-      run, config, summary_lib.read_run_outputs(workdir, config.eval.benchmark), timing)
+    timing['train_s'] = _stage(command(run, workdir, 'train'), workdir / 'train.log')
+  timing['eval_s'] = _stage(command(run, workdir, 'eval'), workdir / 'eval.log')
+  summary = summary_lib.make_summary(run, run_config(run), summary_lib.read_run_outputs(workdir),
+                                     timing)
   if not keep_checkpoints:
     shutil.rmtree(workdir / 'checkpoints', ignore_errors=True)
   return summary
@@ -200,7 +215,7 @@ def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: st
     if dry_run:
       modes = ['eval'] if run['arm'] == ZERO_SHOT else ['train', 'eval']
       for mode in modes:
-        log(' '.join(command(spec, run, workdir / run['name'], mode)))
+        log(' '.join(command(run, workdir / run['name'], mode)))
       continue
     log(f'[{i + 1}/{len(todo)}] {run["name"]}: running in {workdir / run["name"]} '
         f'(logs: train.log, eval.log)')
