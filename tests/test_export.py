@@ -52,7 +52,7 @@ def unigram_text_tokenizer(max_length: int = 24) -> tokenizer_lib.TextTokenizer:
 def random_params(module: encoder.Encoder, seed: int) -> dict:
   """Params of `module` at a scale where every part matters (LayerNorm scales around 1)."""
   dummy = jnp.zeros((1, 4), jnp.int32)
-  params = nn.meta.unbox(module.init(jax.random.key(seed), dummy, dummy + 1))['params']
+  params = nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(seed), dummy, dummy))['params']
   leaves, treedef = jax.tree.flatten_with_path(params)
   rng = np.random.default_rng(seed)
   out = []

@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
   folder = tmp_path_factory.mktemp('tiny_xlmr')
-  test_weights.write_checkpoint(folder, 'xlm-roberta')
+  test_weights.write_checkpoint(folder, 'xlmr')
   return folder
 
 
