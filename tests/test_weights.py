@@ -21,6 +21,9 @@ from tokenizers import models, pre_tokenizers, processors
 import torch
 import transformers
 
+from configs import default
+from configs import models as model_configs
+from hbt.model import build
 from hbt.model import encoder
 from hbt.model import tokenizer as tokenizer_lib
 from hbt.model import weights
@@ -402,6 +405,31 @@ def test_hub_id_loads_from_the_hub_cache(tmp_path, monkeypatch):
   assert pooling == 'mean' and arch.hidden == HIDDEN and tok.pad_id == 1
   np.testing.assert_array_equal(params['word_embeddings'],
                                 state['embeddings.word_embeddings.weight'])
+
+
+@pytest.mark.parametrize('name', ['xlmr_base', 'xlmr_large', 'mbert', 'labse', 'me5_base',
+                                  'me5_large'])
+def test_model_configs_offline_name_their_hub_id(tmp_path, monkeypatch, name):
+  """configs/models.py:NAME, offline and not cached: the one-line message names the hub id."""
+  _hub_offline(monkeypatch, tmp_path)
+  config = model_configs.get_config(name)
+  with pytest.raises(ValueError, match=f"'{config.model.checkpoint}' is not a local folder .* "
+                                       r'\(offline\)'):
+    build.load(config.model)
+
+
+def test_config_arch_must_match_the_checkpoint(tmp_path):
+  write_checkpoint(tmp_path, 'labse')
+  config = default.get_config()
+  config.model.source, config.model.checkpoint = 'hf', str(tmp_path)
+  config.model.arch = dict(model_configs.MODELS['labse'][3], vocab_size=VOCAB, hidden=HIDDEN,
+                           layers=LAYERS, heads=HEADS, mlp=MLP, max_positions=MAX_POSITIONS)
+  model = build.load(config.model)  # the tiny LaBSE: the same arch but for its size
+  assert model.module.pooling == 'cls_pooler' and 'pooler' in model.params
+  config.model.arch.layers = 12
+  with pytest.raises(ValueError, match=r'config.model.arch does not match .*layers: 12 in '
+                                       r'config.model.arch, 2 in the checkpoint'):
+    build.load(config.model)
 
 
 def test_hub_files_cover_each_family(tmp_path):

@@ -43,6 +43,12 @@ def load(model_config) -> Model:
   else:
     arch, params, tok, pooling = weights.load_hf(c.checkpoint, c.query_prefix, c.passage_prefix,
                                                  c.max_length, c.pooling)
+  if c.get('arch'):  # the architecture a config names (configs/models.py) is the one it loads
+    diff = [f'{k}: {v!r} in config.model.arch, {getattr(arch, k)!r} in the checkpoint'
+            for k, v in sorted(c.arch.items()) if getattr(arch, k, None) != v]
+    if diff:
+      raise ValueError(f'config.model.arch does not match {c.checkpoint or c.source}: '
+                       f'{"; ".join(diff)}')
   module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype_lib.resolve(c.dtype)),
                            dropout_rate=c.dropout_rate, remat=c.remat)
   return Model(module, params, tok)
