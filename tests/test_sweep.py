@@ -143,6 +143,10 @@ def test_sweep_skips_finished_runs_and_resumes(tmp_path):
   out = sweep_lib.run_sweep(spec(), tmp_path / 'runs4', summaries, run_fn=None, log=lambda _: None)
   assert out['ran'] == [] and len(out['skipped']) == 10  # nothing left: run_fn never called
   assert json.loads((summaries / '_sweep.json').read_text())['name'] == 'toy'
+  # A changed budget does not silently reuse the summaries made under the old one.
+  with pytest.raises(sweep_lib.SweepError, match=r"train.steps: 4 there, 5 now"):
+    sweep_lib.run_sweep(spec(budget={'train.steps': 5, 'train.batch_size': 8}), tmp_path / 'r5',
+                        summaries, run_fn=None, log=lambda _: None)
 
 
 def fake_run_recorded(calls):

@@ -185,6 +185,19 @@ def run_subprocess(spec: dict, run: dict, workdir: pathlib.Path, *,
   return summary
 
 
+def check_finished(run: dict, path: pathlib.Path) -> None:
+  """Raises SweepError if the summary at path was made with another config or other overrides."""
+  done = summary_lib.read(path)
+  theirs = {'config': done.get('config'), **done.get('overrides', {})}
+  ours = {'config': run['config'], **run['overrides']}
+  differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+  if differ:
+    raise SweepError(
+        f'{path} was made with other settings than the sweep now gives run {run["name"]}: '
+        + ', '.join(f'{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now' for k in differ)
+        + '. Give the changed sweep another name, or move the old summaries away.')
+
+
 def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: str = '',
               max_runs: int = 0, dry_run: bool = False, log=print) -> dict:
   """Runs the sweep's unfinished runs in order; returns {'done', 'skipped', 'ran'} run names.
@@ -208,6 +221,7 @@ def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: st
   for i, run in enumerate(todo):
     path = summaries / f'{run["name"]}.json.gz'
     if path.exists():
+      check_finished(run, path)
       skipped.append(run['name'])
       continue
     if max_runs and len(ran) >= max_runs:
@@ -244,18 +258,20 @@ _KEEP = flags.DEFINE_bool('keep_checkpoints', False, "Keep each run's checkpoint
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    spec = load_sweep(_SWEEP.value)
-  except SweepError as e:
-    print(f'error: {_SWEEP.value}: {e}', file=sys.stderr)
-    sys.exit(2)
-  summaries = _SUMMARIES.value or f'docs/results/runs/{spec["name"]}'
 
   def run_fn(spec, run, workdir):
     return run_subprocess(spec, run, workdir, keep_checkpoints=_KEEP.value)
 
-  run_sweep(spec, _WORKDIR.value, summaries, run_fn=run_fn, only=_ONLY.value,
-            max_runs=_MAX_RUNS.value, dry_run=_DRY_RUN.value)
+  try:
+    spec = load_sweep(_SWEEP.value)
+    run_sweep(spec, _WORKDIR.value, _SUMMARIES.value or f'docs/results/runs/{spec["name"]}',
+              run_fn=run_fn, only=_ONLY.value, max_runs=_MAX_RUNS.value, dry_run=_DRY_RUN.value)
+  except SweepError as e:
+    print(f'error: {_SWEEP.value}: {e}', file=sys.stderr)
+    sys.exit(2)
+  except RuntimeError as e:  # a run failed: its command and the end of its log
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
