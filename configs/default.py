@@ -54,7 +54,9 @@ def get_config():
   config.eval.benchmark = 'xquad_r'  # Zero-shot benchmark: 'xquad_r' or 'mlqa_r'.
   config.eval.langs = ''  # Comma-separated evaluation languages; '' means all of the benchmark.
   config.eval.batch_tokens = 2048  # Padded tokens per encoding batch (sets each bucket's size).
-  config.eval.chunk_size = 128  # Queries scored at once against the whole pool.
+  config.eval.chunk_size = 128  # Queries scored at once against the whole pool, per device.
+  # Candidates per query in the TREC run files written with each evaluation (eval/trec/); 0: none.
+  config.eval.trec_depth = 100
   config.eval.progress = True  # Show a progress bar (rate, ETA) while encoding.
 
   config.train = ml_collections.ConfigDict()

@@ -18,6 +18,8 @@ import math
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')  # Mesh axes the global batch is split over, when the mesh has them.
@@ -108,3 +110,19 @@ def with_activation_rules(fn, mesh: Mesh, rules):
          nn.logical_axis_rules(mesh_rules(mesh, rules)):
       return fn(*args, **kwargs)
   return wrapped
+
+
+def global_array(host: np.ndarray, array_sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array that every process holds whole; each puts its own shards.
+
+  Unlike jax.device_put of a numpy array, this works under jax.distributed with P processes: every
+  process hands in only the slices its local devices hold.
+  """
+  return jax.make_array_from_callback(host.shape, array_sharding, lambda index: host[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process sharded) array as numpy, on every process."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

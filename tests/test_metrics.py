@@ -103,20 +103,30 @@ def test_ranks_match_argsort_with_ties():
         reference_ranks(scores, relevant), err_msg=f'block_size={block_size}')
 
 
-def test_embeddings_equal_scores():
+def test_segment_counts_match_numpy():
   rng = np.random.default_rng(3)
-  # Small integers: every dot product is exact, whatever the summation order.
-  queries = rng.integers(-3, 4, size=(53, 16)).astype(np.float32)
-  candidates = rng.integers(-3, 4, size=(210, 16)).astype(np.float32)
-  relevant = random_relevant(rng, 53, 210, 11)
-  scores = queries @ candidates.T
-  expected = metrics.metrics_from_scores(scores, relevant)
-  for chunk_size in (8, 53, 1000):  # 53 = 7 x 8 - 3: the last chunk overlaps.
-    out = metrics.metrics_from_embeddings(queries, candidates, relevant, chunk_size=chunk_size,
-                                          block_size=64)
-    for name in metrics.METRIC_NAMES:
-      np.testing.assert_array_equal(out[name], expected[name], err_msg=f'{name} {chunk_size}')
-  assert_matches_trec(scores, relevant)
+  num_queries, sizes = 9, (13, 7, 10)
+  size = max(sizes)
+  scores = np.full((num_queries, len(sizes), size), -np.inf, np.float32)
+  for s, n in enumerate(sizes):  # few distinct values: many ties, within and across segments
+    scores[:, s, :n] = rng.integers(0, 4, size=(num_queries, n))
+  relevant = np.full((num_queries, 4), -1, np.int32)
+  for q in range(num_queries):
+    for r, s in enumerate(rng.choice(len(sizes), rng.integers(1, 4), replace=False)):
+      relevant[q, r] = s * size + rng.integers(0, sizes[s])
+  expected = np.zeros((num_queries, 4, len(sizes)), np.int32)
+  for q in range(num_queries):
+    for r in range(4):
+      if relevant[q, r] < 0:
+        continue
+      target, flat = scores[q].reshape(-1)[relevant[q, r]], np.arange(len(sizes) * size)
+      ahead = (scores[q].reshape(-1) > target) | ((scores[q].reshape(-1) == target) &
+                                                  (flat < relevant[q, r]))
+      expected[q, r] = ahead.reshape(len(sizes), size).sum(axis=1)
+  for block_size in (1, 4, 64):
+    np.testing.assert_array_equal(
+        metrics.segment_counts(scores, relevant, block_size=block_size), expected,
+        err_msg=f'block_size={block_size}')
 
 
 def test_chunking_of_scores_is_invisible(random_case):

@@ -23,10 +23,13 @@ Per query metrics (binary relevance, all N candidates ranked):
 indices in a row count once. A query without relevant candidates gets 0 for every metric (mask it
 out of `summarize`). Scores must be finite.
 
-Cost: Q x R x N comparisons. Both entry points process `chunk_size` queries at a time
-(`jax.lax.map`) and count each chunk's comparisons `block_size` candidates at a time
-(`jax.lax.scan`), so memory is O(chunk_size x N); `metrics_from_embeddings` never holds the full
-[Q, N] score matrix.
+A multilingual pool is scored by `segment_counts`: for every relevant candidate, the number of
+candidates ranked ahead of it in each language segment, from which its rank in any sub-pool of
+languages is a sum (hbt.eval.evaluate builds every setting from these counts).
+
+Cost: Q x R x N comparisons. `metrics_from_scores` processes `chunk_size` queries at a time
+(`jax.lax.map`) and every count runs `block_size` candidates at a time (`jax.lax.scan`), so memory
+is O(chunk_size x N).
 """
 
 import functools
@@ -69,23 +72,51 @@ def _valid_relevant(relevant: jax.Array) -> jax.Array:
   return (relevant >= 0) & ~repeated
 
 
-def _candidate_blocks(scores: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array]:
-  """Splits the columns of `scores` [C, N] into equal blocks, padded with -inf.
+def segment_counts(scores: jax.Array,
+                   relevant: jax.Array,
+                   *,
+                   block_size: int = CANDIDATE_BLOCK_SIZE) -> jax.Array:
+  """How many candidates of each segment rank ahead of each relevant candidate.
+
+  A multilingual pool is a list of segments (one per language), laid out as [S, M] with every
+  segment padded to M candidates by scores of -inf (never ahead of anything). Candidate (s, m) has
+  the flat index s * M + m, and ties are broken by the flat index ascending. The rank of a relevant
+  candidate in any sub-pool made of some segments is 1 + the sum of its counts over those segments:
+  its own segment alone gives its monolingual / cross-lingual rank, all segments its multilingual
+  rank.
 
   Args:
-    scores: float32 [C, N].
-    block_size: the most candidates per block.
+    scores: float32 [C, S, M] finite scores (-inf at padding) of C queries.
+    relevant: int32 [C, R] flat indices of the relevant candidates, padded with -1.
+    block_size: the most candidates of each segment compared at once.
 
   Returns:
-    blocks: float32 [num_blocks, C, size]; starts: int32 [num_blocks], each block's first column.
+    int32 [C, R, S]: #{(s, m) : score(s, m) > t or (score(s, m) == t and s * M + m < r)} for each
+    relevant r with score t; 0 at padding.
   """
-  num_rows, num_candidates = scores.shape
-  num_blocks = max(1, -(-num_candidates // block_size))
-  size = max(1, -(-num_candidates // num_blocks))
-  padded = jnp.pad(scores, ((0, 0), (0, num_blocks * size - num_candidates)),
+  num_rows, num_segments, size = scores.shape
+  valid = relevant >= 0
+  index = jnp.where(valid, relevant, 0)
+  target = jnp.take_along_axis(scores.reshape(num_rows, -1), index, axis=1)
+  target, index = target[:, :, None, None], index[:, :, None, None]  # [C, R, 1, 1]
+  # XLA's CPU backend does not fuse a comparison into the reduction that counts it: count
+  # `block` candidates of every segment at a time, so only [C, R, S, block] is ever materialised.
+  num_blocks = max(1, -(-size // block_size))
+  block = -(-size // num_blocks)
+  scores = jnp.pad(scores, ((0, 0), (0, 0), (0, num_blocks * block - size)),
                    constant_values=-jnp.inf)
-  blocks = padded.reshape(num_rows, num_blocks, size).transpose(1, 0, 2)
-  return blocks, jnp.arange(num_blocks, dtype=jnp.int32) * size
+  segment_start = jnp.arange(num_segments, dtype=jnp.int32)[:, None] * size  # [S, 1]
+
+  def count_block(counts, start):
+    row = jax.lax.dynamic_slice_in_dim(scores, start, block, axis=2)[:, None]  # [C, 1, S, block]
+    flat = segment_start + start + jnp.arange(block, dtype=jnp.int32)  # [S, block]
+    ahead = (row > target) | ((row == target) & (flat < index))  # [C, R, S, block]
+    return counts + jnp.sum(ahead, axis=-1, dtype=jnp.int32), None
+
+  zeros = jnp.zeros((num_rows, relevant.shape[1], num_segments), jnp.int32)
+  starts = jnp.arange(num_blocks, dtype=jnp.int32) * block
+  counts, _ = jax.lax.scan(count_block, zeros, starts)
+  return jnp.where(valid[:, :, None], counts, 0)
 
 
 def relevant_ranks(scores: jax.Array,
@@ -102,70 +133,11 @@ def relevant_ranks(scores: jax.Array,
   Returns:
     int32 [C, R]: rank_r = 1 + #{j: s_j > s_r} + #{j < r: s_j == s_r}; 0 at padding.
   """
-  ranks, _ = _count_ahead(scores, relevant, None, block_size)
-  return ranks
+  ahead = segment_counts(scores[:, None, :], relevant, block_size=block_size)[:, :, 0]
+  return jnp.where(relevant >= 0, 1 + ahead, 0)
 
 
-def segment_ranks(scores: jax.Array,
-                  relevant: jax.Array,
-                  segments: jax.Array,
-                  *,
-                  block_size: int = CANDIDATE_BLOCK_SIZE) -> tuple[jax.Array, jax.Array]:
-  """Ranks of the relevant candidates in the whole pool and within their own segment.
-
-  A multilingual pool is the concatenation of per-language segments: one pass gives each relevant
-  candidate's rank among all candidates (multilingual setting) and among the candidates of its own
-  language (monolingual / cross-lingual settings).
-
-  Args:
-    scores: float32 [C, N] finite scores.
-    relevant: int32 [C, R] relevant candidate indices, padded with -1.
-    segments: int32 [N] the segment (language) of every candidate.
-    block_size: the most candidates compared at once.
-
-  Returns:
-    (pool ranks, segment ranks), both int32 [C, R] and 0 at padding; the segment rank counts only
-    the candidates of the relevant candidate's segment, ties broken as in `relevant_ranks`.
-  """
-  return _count_ahead(scores, relevant, segments, block_size)
-
-
-def _count_ahead(scores, relevant, segments, block_size):
-  """Counts the candidates ranked ahead of each relevant one: in all, and in its segment.
-
-  The [C, R, N] comparisons are counted `block_size` candidates at a time (`jax.lax.scan`): XLA's
-  CPU backend does not fuse a comparison into the reduction that counts it, so only a cache-sized
-  [C, R, block_size] block is ever materialised.
-  """
-  valid = relevant >= 0
-  index = jnp.where(valid, relevant, 0)[:, :, None]  # [C, R, 1]
-  target = jnp.take_along_axis(scores, index[:, :, 0], axis=1)[:, :, None]  # [C, R, 1]
-  blocks, starts = _candidate_blocks(scores, block_size)
-  num_blocks, _, size = blocks.shape
-  if segments is None:
-    seg_blocks = jnp.zeros((num_blocks, size), jnp.int32)
-    target_seg = jnp.zeros(index.shape, jnp.int32)
-  else:
-    seg_blocks = jnp.pad(segments.astype(jnp.int32), (0, num_blocks * size - segments.shape[0]),
-                         constant_values=-1).reshape(num_blocks, size)
-    target_seg = segments.astype(jnp.int32)[index]  # [C, R, 1]
-
-  def count_block(counts, block_start_seg):
-    block, start, seg = block_start_seg
-    row = block[:, None, :]  # [C, 1, size]; -inf padding is never ahead of a finite score.
-    column = start + jnp.arange(size, dtype=jnp.int32)
-    ahead = (row > target) | ((row == target) & (column < index))  # [C, R, size]
-    total, own = counts
-    total = total + jnp.sum(ahead, axis=-1, dtype=jnp.int32)
-    if segments is not None:
-      own = own + jnp.sum(ahead & (seg[None, None, :] == target_seg), axis=-1, dtype=jnp.int32)
-    return (total, own), None
-
-  zeros = jnp.zeros(relevant.shape, jnp.int32)
-  (total, own), _ = jax.lax.scan(count_block, (zeros, zeros), (blocks, starts, seg_blocks))
-  return jnp.where(valid, 1 + total, 0), jnp.where(valid, 1 + own, 0)
-
-
+@jax.jit
 def metrics_from_ranks(ranks: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
   """Per query metrics from the ranks of the relevant candidates.
 
@@ -207,12 +179,12 @@ def metrics_from_ranks(ranks: jax.Array, valid: jax.Array) -> dict[str, jax.Arra
 
 def _metrics_core(scores: jax.Array, relevant: jax.Array,
                   block_size: int) -> dict[str, jax.Array]:
-  """Per query metrics of a chunk of queries: the core shared by both entry points."""
+  """Per query metrics of a chunk of queries (`metrics_from_scores`)."""
   ranks = relevant_ranks(scores, relevant, block_size=block_size)
   return metrics_from_ranks(ranks, _valid_relevant(relevant))
 
 
-def _row_chunks(num_rows: int, chunk_size: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+def row_chunks(num_rows: int, chunk_size: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
   """Covers rows 0..num_rows-1 with equal chunks of at most `chunk_size` rows, without padding.
 
   The last chunk starts early enough to end at the last row, so it may overlap the one before it.
@@ -233,18 +205,18 @@ def _row_chunks(num_rows: int, chunk_size: int) -> tuple[np.ndarray, int, np.nda
   return starts, size, chunk, rows - starts[chunk]
 
 
-def _map_row_chunks(fn, arrays: tuple[jax.Array, ...], chunk_size: int) -> dict[str, jax.Array]:
-  """Applies `fn` to equal row chunks of `arrays` with `jax.lax.map`; reassembles the [Q] outputs.
+def map_row_chunks(fn, arrays: tuple[jax.Array, ...], chunk_size: int) -> dict[str, jax.Array]:
+  """Applies `fn` to equal row chunks of `arrays` with `jax.lax.map`; reassembles the outputs.
 
   Args:
-    fn: maps row chunks of `arrays` to a dict of [size] arrays.
+    fn: maps row chunks of `arrays` to a dict of [size, ...] arrays.
     arrays: arrays sharing their leading dimension Q > 0.
     chunk_size: the most rows per call of `fn`.
 
   Returns:
-    fn's dict with every value of shape [Q].
+    fn's dict with every value of shape [Q, ...], in row order.
   """
-  starts, size, chunk, offset = _row_chunks(arrays[0].shape[0], chunk_size)
+  starts, size, chunk, offset = row_chunks(arrays[0].shape[0], chunk_size)
 
   def one_chunk(start):
     return fn(*(jax.lax.dynamic_slice_in_dim(array, start, size, axis=0) for array in arrays))
@@ -282,46 +254,8 @@ def metrics_from_scores(scores: jax.Array,
   if scores.ndim != 2:
     raise ValueError(f'scores must be [Q, N], got {scores.shape}')
   _check_inputs(scores.shape[0], relevant, chunk_size, block_size)
-  return _map_row_chunks(lambda s, r: _metrics_core(s, r, block_size),
+  return map_row_chunks(lambda s, r: _metrics_core(s, r, block_size),
                          (scores.astype(jnp.float32), relevant.astype(jnp.int32)), chunk_size)
-
-
-@functools.partial(jax.jit, static_argnames=('chunk_size', 'block_size'))
-def metrics_from_embeddings(queries: jax.Array,
-                            candidates: jax.Array,
-                            relevant: jax.Array,
-                            *,
-                            chunk_size: int = DEFAULT_CHUNK_SIZE,
-                            block_size: int = CANDIDATE_BLOCK_SIZE) -> dict[str, jax.Array]:
-  """Per query retrieval metrics with dot product scores, never holding the [Q, N] score matrix.
-
-  The queries are split into equal chunks of at most `chunk_size` (the last one may overlap the one
-  before it); `jax.lax.map` scores each chunk with one float32 matmul against all candidates and
-  counts ranks as `metrics_from_scores` does. Memory: O(chunk_size x N) scores per chunk.
-
-  Args:
-    queries: float [Q, D] query embeddings.
-    candidates: float [N, D] candidate embeddings.
-    relevant: int32 [Q, R] relevant candidate indices per query, padded with -1.
-    chunk_size: the most queries scored at once.
-    block_size: the most candidates compared at once (see `relevant_ranks`).
-
-  Returns:
-    A dict of float32 [Q] arrays, as `metrics_from_scores(queries @ candidates.T, relevant)`.
-  """
-  if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
-    raise ValueError(f'need queries [Q, D] and candidates [N, D], got {queries.shape} and '
-                     f'{candidates.shape}')
-  _check_inputs(queries.shape[0], relevant, chunk_size, block_size)
-  candidates = candidates.astype(jnp.float32)
-
-  def chunk_metrics(query_chunk, relevant_chunk):
-    scores = jnp.dot(query_chunk, candidates.T, precision=jax.lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
-    return _metrics_core(scores, relevant_chunk, block_size)
-
-  return _map_row_chunks(chunk_metrics,
-                         (queries.astype(jnp.float32), relevant.astype(jnp.int32)), chunk_size)
 
 
 def summarize(per_query: dict[str, jax.Array],
@@ -329,7 +263,7 @@ def summarize(per_query: dict[str, jax.Array],
   """Means of per query metrics over the queries in `mask`.
 
   Args:
-    per_query: a dict of [Q] arrays from `metrics_from_scores` / `metrics_from_embeddings`.
+    per_query: a dict of [Q] arrays, e.g. from `metrics_from_scores` or `metrics_from_ranks`.
     mask: optional bool [Q]: the queries to average over (default all).
 
   Returns:

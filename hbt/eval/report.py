@@ -1,4 +1,11 @@
-"""Reporting evaluation results: console tables, a JSON file and a query x candidate mAP heatmap.
+"""Reporting evaluation results: console tables, JSON, a mAP heatmap, per-query and TREC files.
+
+Per evaluation `name` (see hbt.eval.run.write_report), under the workdir's eval/ folder:
+  <name>.json            every per-pair, per-language and setting figure (`json_results`);
+  <name>.png             the query x candidate language mAP heatmap;
+  <name>_per_query.npz   results['per_query'] (`write_per_query` / `read_per_query`);
+  trec/<name>/           TREC run files and qrels (`write_trec`), to check any figure with
+                         trec_eval, pytrec_eval or ranx.
 
 Files are written to a temporary name and renamed, so an interrupted run never leaves a truncated
 report in place of a good one.
@@ -34,6 +41,132 @@ def side_by_side(left: str, right: str, gap: int = 4) -> str:
   a += [''] * (len(b) - len(a))
   b += [''] * (len(a) - len(b))
   return '\n'.join(f'{x:<{width}}{" " * gap}{y}' for x, y in zip(a, b))
+
+
+# Results entries held as arrays (per query, top candidates): written by write_per_query and
+# write_trec, not to the JSON.
+ARRAY_KEYS = ('per_query', 'top')
+TREC_RUN_TAG = 'hbt'
+
+
+def json_results(results: dict) -> dict:
+  """`results` without its per-query arrays (ARRAY_KEYS), ready for JSON."""
+  return {k: v for k, v in results.items() if k not in ARRAY_KEYS}
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}/'))
+    else:
+      out[f'{prefix}{key}'] = np.asarray(value)
+  return out
+
+
+def write_per_query(path, per_query: dict) -> None:
+  """results['per_query'] as one compressed .npz, keys joined by '/' (e.g. 'pairs/en-de/ap').
+
+  Layout (Q queries of a language, n of them with an answer in the target, L languages):
+    langs str [L]; sizes int32 [L] (candidates per language);
+    queries/<X>/{qids str [Q], answers int32 [Q, L], ahead int32 [Q, L, L]};
+    pairs/<X>-<Y>/{qids str [n], rank int32 [n], ap, mrr, recall@1, recall@10, ndcg@10 float32 [n]};
+    multi/<X>/{qids str [n], ap, mrr, recall@1, recall@10, ndcg@10 float32 [n], rank_min, rank_max
+      int32 [n]}.
+  """
+  buffer = std_io.BytesIO()
+  np.savez_compressed(buffer, **_flatten(per_query))
+  io.write_atomic(path, buffer.getvalue())
+
+
+def read_per_query(path) -> dict:
+  """The per_query dict that write_per_query wrote (langs as a list)."""
+  with io.path(path).open('rb') as f, np.load(f, allow_pickle=False) as data:
+    out = {}
+    for key in data.files:
+      *parents, leaf = key.split('/')
+      node = out
+      for parent in parents:
+        node = node.setdefault(parent, {})
+      node[leaf] = data[key]
+  out['langs'] = [str(l) for l in out['langs']]
+  return out
+
+
+def _docnos(langs, sizes) -> dict[str, list[str]]:
+  """TREC docnos of every candidate: '<reverse pool index>-<lang>-<index in lang>'.
+
+  trec_eval orders equal scores by docno descending; hbt ranks ties by pool index ascending, so
+  docnos start with the zero-padded reverse pool index and both orders agree.
+  """
+  total = int(np.sum(sizes))
+  width = len(str(max(total - 1, 0)))
+  out, start = {}, 0
+  for lang, size in zip(langs, sizes):
+    out[lang] = [f'{total - 1 - (start + i):0{width}d}-{lang}-{i}' for i in range(int(size))]
+    start += int(size)
+  return out
+
+
+def _run_lines(qids, values: np.ndarray, index: np.ndarray, docnos) -> list[str]:
+  """TREC run lines 'qid Q0 docno rank score tag' of each query's candidates, best first."""
+  lines = []
+  for qid, vals, idx in zip(qids, values.tolist(), index.tolist()):
+    rank = 0
+    for v, i in zip(vals, idx):
+      if i >= 0:
+        rank += 1
+        lines.append(f'{qid} Q0 {docnos[i]} {rank} {v:.9g} {TREC_RUN_TAG}')
+  return lines
+
+
+def write_trec(folder, results: dict) -> None:
+  """TREC run files of every query's results['trec_depth'] top candidates and their qrels.
+
+  Files in `folder`:
+    <X>-<Y>.run   queries of X that have an answer in Y, each with its top k candidates of Y;
+    multi-<X>.run queries of X, each with its top k candidates of the whole pool;
+    <Y>.qrels     each query id's answer among the candidates of Y;
+    multi.qrels   each query id's answers in every language.
+  `trec_eval -m map Y.qrels X-Y.run` gives the X-Y mAP of the report and
+  `trec_eval -m map multi.qrels multi-X.run` the multilingual mAP of X, exactly when every answer
+  is in the run's top k (an answer below it adds 0 to trec_eval's AP instead of 1 / its rank:
+  with k = 100 the difference is below 0.01 for that query). Scores are written with 9 significant
+  digits, which keeps float32 ties and order.
+  """
+  folder = io.path(folder)
+  per_query, top = results['per_query'], results['top']
+  langs, sizes = per_query['langs'], per_query['sizes']
+  docnos = _docnos(langs, sizes)
+  pool_docnos = [d for lang in langs for d in docnos[lang]]
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  multi_qrels = {}
+  for y, lang in enumerate(langs):
+    entry = per_query['queries'][lang]
+    qrels = [f'{q} 0 {docnos[lang][a]} 1' for q, a in zip(entry['qids'], entry['answers'][:, y])]
+    io.write_atomic(folder / f'{lang}.qrels', ('\n'.join(qrels) + '\n').encode())
+    for x_entry in per_query['queries'].values():
+      for q, a in zip(x_entry['qids'], x_entry['answers'][:, y]):
+        if a >= 0:
+          multi_qrels.setdefault(str(q), set()).add(docnos[lang][a])
+  io.write_atomic(folder / 'multi.qrels', ''.join(
+      f'{q} 0 {d} 1\n' for q, docs in multi_qrels.items() for d in sorted(docs)).encode())
+  for x in langs:
+    entry, best = per_query['queries'][x], top[x]
+    for y, lang in enumerate(langs):
+      keep = entry['answers'][:, y] >= 0
+      lines = _run_lines(entry['qids'][keep], best['values'][keep, y], best['index'][keep, y],
+                         docnos[lang])
+      io.write_atomic(folder / f'{x}-{lang}.run', ('\n'.join(lines) + '\n').encode())
+    # The pool's top k is among the languages' top k: merge them. A stable sort keeps tied
+    # candidates in language order, then index order (top_k's), which is pool order.
+    num = len(entry['qids'])
+    values = best['values'].reshape(num, -1)
+    pool_index = np.where(best['index'] >= 0, best['index'] + offsets[None, :, None], -1)
+    order = np.argsort(-values, axis=1, kind='stable')[:, :results['trec_depth']]
+    lines = _run_lines(entry['qids'], np.take_along_axis(values, order, 1),
+                       np.take_along_axis(pool_index.reshape(num, -1), order, 1), pool_docnos)
+    io.write_atomic(folder / f'multi-{x}.run', ('\n'.join(lines) + '\n').encode())
 
 
 def map_matrix(results: dict) -> np.ndarray:

@@ -254,16 +254,18 @@ def _report(workdir: pathlib.Path, results: dict, train_langs) -> None:
   for name, group in groups.items():
     if not group:
       continue
-    summary[name] = {when: evaluate.summarize_settings(r['pairs'], r['multi'], group)
+    summary[name] = {when: evaluate.group_results(r['per_query'], group)['summary']
                      for when, r in (('before', before), ('after', after))}
     _print(report.side_by_side(
         report.table(summary[name]['before'], f'{before["benchmark"]} before ({name}: '
                      f'{",".join(group)})'),
         report.table(summary[name]['after'], 'after training')))
+  _print(f'group metric: {evaluate.GROUP_METRIC}')
   _print(f'wall time: {results["wall_s"]:.0f} s (training {results["train_s"]:.0f} s)')
   if jax.process_index() == 0:
     eval_run.write_report(workdir, before, 'before')
     eval_run.write_report(workdir, after, 'after')
     io.write_json(workdir / 'eval' / 'summary.json',
                       {'groups': {k: list(v) for k, v in groups.items()}, 'summary': summary,
+                       'group_metric': evaluate.GROUP_METRIC,
                        'wall_s': results['wall_s'], 'train_s': results['train_s']})
