@@ -1,68 +1,77 @@
-"""Benchmark: hbt's jitted retrieval metrics against pytrec_eval on a full multilingual pool.
+"""Benchmark: the pool metrics evaluation really computes (hbt.eval.evaluate.score) vs pytrec_eval.
 
-hbt ranks every candidate for every query of the pool (13,090 x 13,014 for XQuAD-R). pytrec_eval
-on the full pool would need a ~170M-entry Python run dict, beyond a 24 GiB machine, so it is timed
-on a subset of queries against all candidates and extrapolated linearly to all queries.
+XQuAD-R's multilingual pool is 13,090 queries (1,190 per language) x 13,014 candidates (11 language
+segments of the real sizes). `evaluate.score` is the function every evaluation calls: one jitted
+pass that scores every query against the pool, counts the candidates of each language ranked
+ahead of each answer and keeps each language's top candidates (for the TREC run files), then the
+per-query and per-pair figures on the host. It is timed whole (first call, compile included, and
+steady state), and its device pass alone (`evaluate.score_pool`, with and without top_k).
 
-Run stand-alone on random embeddings of the real sizes: `python bench/bench_metrics.py`.
+pytrec_eval on the full pool would need a ~170M-entry Python run dict, so it is timed on a subset
+of queries against all candidates and extrapolated linearly to all queries. The embeddings are
+random, with the real relevance structure (every question's answer in each language, some sentences
+answering two questions), and quantised to multiples of 2^-9: every dot product is then exact in
+float32 whatever the summation order, so hbt and pytrec_eval (given float64 scores) rank alike, ties
+included, and their per-query figures must agree to 1e-6.
+
+Run stand-alone: `python bench/bench_metrics.py`. Timings on a shared machine vary; compare only
+figures from one run.
 """
 
 import argparse
 import os
 import pathlib
+import platform
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytrec_eval
 
 if __package__ in (None, ''):  # Run as a script: make the repo importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from hbt.data import types  # noqa: E402
+from hbt.eval import evaluate  # noqa: E402
 from hbt.eval import metrics  # noqa: E402
+from hbt.model import dtype as dtype_lib  # noqa: E402
 
-# XQuAD-R: 1,190 questions in 11 languages; 13,014 candidate sentences over the 11 languages.
+# XQuAD-R: 1,190 questions in 11 languages; the candidate sentences of each language.
 NUM_GROUPS = 1190
-NUM_LANGS = 11
-NUM_CANDIDATES = 13014
+XQUAD_R_SIZES = (1222, 1276, 1234, 1180, 1215, 1244, 1219, 852, 1167, 1209, 1196)  # 13,014
 DIM = 384
+QUANTUM = 2.0**-9
 PYTREC_QUERIES = 300
+TREC_DEPTH = 100
 TREC_NAMES = metrics.TREC_EVAL_NAMES
 TREC_MEASURES = set(TREC_NAMES.values())
 AGREEMENT_TOLERANCE = 1e-6
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def make_pool(num_groups: int = NUM_GROUPS,
-              num_langs: int = NUM_LANGS,
-              num_candidates: int = NUM_CANDIDATES,
+              sizes: tuple[int, ...] = XQUAD_R_SIZES,
               dim: int = DIM,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Random unit-norm embeddings shaped like a parallel multilingual pool.
+  """Random embeddings shaped like a parallel multilingual pool (XQuAD-R's by default).
 
-  Query (g, l) (question g in language l, row g * num_langs + l) is relevant to the answer of g in
-  every language: one candidate in each of num_langs blocks of candidates. Questions and their
-  answers share a random topic direction and languages a random language direction, so the ranks
-  are neither random nor perfect.
+  Query (g, l) (question g in language l, row g * L + l) is relevant to the answer of g in every
+  language: one candidate in each of the L language segments (of `sizes` candidates). Questions and
+  their answers share a random topic direction and languages a random language direction, so the
+  ranks are neither random nor perfect. Entries are multiples of QUANTUM, norms about 1.
 
   Args:
     num_groups: parallel questions per language.
-    num_langs: languages.
-    num_candidates: candidates over all languages (>= num_langs).
+    sizes: candidates of each language.
     dim: embedding dimension.
     seed: NumPy seed.
 
   Returns:
-    queries float32 [G * L, dim], candidates float32 [N, dim], relevant int32 [G * L, L].
+    queries float32 [G * L, dim], candidates float32 [sum(sizes), dim] (language segments in
+    order), relevant int32 [G * L, L] (pool indices).
   """
   rng = np.random.default_rng(seed)
-  sizes = np.full(num_langs, num_candidates // num_langs)
-  sizes[:num_candidates % num_langs] += 1
+  num_langs, num_candidates = len(sizes), int(np.sum(sizes))
   offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
   answers = np.empty((num_groups, num_langs), np.int32)
   for lang, (offset, size) in enumerate(zip(offsets, sizes)):
@@ -81,20 +90,36 @@ def make_pool(num_groups: int = NUM_GROUPS,
   query_lang = np.tile(np.arange(num_langs), num_groups)
   queries = (topics[query_group] + 0.5 * langs[query_lang]
              + rng.standard_normal((num_groups * num_langs, dim)) / np.sqrt(dim) * 2.0)
-  return _normalize(queries), _normalize(candidates), answers[query_group]
+  return _quantise(queries), _quantise(candidates), answers[query_group]
+
+
+def _quantise(x: np.ndarray) -> np.ndarray:
+  """Unit rows rounded to multiples of QUANTUM: float32 dot products of them are exact."""
+  x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+  return (np.round(x / QUANTUM) * QUANTUM).astype(np.float32)
+
+
+def as_benchmark(queries: np.ndarray, candidates: np.ndarray, relevant: np.ndarray,
+                 sizes: tuple[int, ...]) -> tuple[types.Benchmark, dict]:
+  """make_pool's arrays as a Benchmark (empty texts) and evaluate.score's embeddings dict."""
+  num_langs = len(sizes)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  num_groups = len(queries) // num_langs
+  qids = tuple(f'g{g}' for g in range(num_groups))
+  splits, embeddings = {}, {}
+  for l, (offset, size) in enumerate(zip(offsets, sizes)):
+    lang = f'l{l:02d}'
+    answer = (relevant[l::num_langs, l] - offset).astype(np.int32)
+    splits[lang] = types.LanguageSplit(lang, qids, ('',) * num_groups, ('',) * int(size),
+                                       np.zeros(size, np.int32), ('',), answer)
+    embeddings[lang] = (queries[l::num_langs], candidates[offset:offset + size])
+  return types.Benchmark('synthetic_xquad_r', tuple(splits), splits), embeddings
 
 
 def _timed(fn, *args, **kwargs):
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args, **kwargs))
   return out, time.perf_counter() - start
-
-
-@jax.jit
-def _scores(queries: jax.Array, candidates: jax.Array) -> jax.Array:
-  """The scores metrics_from_embeddings computes (XLA's dot rounds each row alike in any batch)."""
-  return jnp.dot(queries, candidates.T, precision=jax.lax.Precision.HIGHEST,
-                 preferred_element_type=jnp.float32)
 
 
 def pytrec_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, np.ndarray]:
@@ -104,7 +129,7 @@ def pytrec_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, np.nda
   (docno descending) is hbt's (index ascending).
 
   Args:
-    scores: float32 [Q, N].
+    scores: float64 [Q, N].
     relevant: int32 [Q, R] padded with -1.
 
   Returns:
@@ -124,43 +149,54 @@ def bench_metrics(query_emb: np.ndarray,
                   relevant: np.ndarray,
                   pytrec_queries: int = PYTREC_QUERIES,
                   *,
-                  chunk_size: int = metrics.DEFAULT_CHUNK_SIZE,
+                  sizes: tuple[int, ...] = XQUAD_R_SIZES,
+                  chunk_size: int = 128,
+                  top_k: int = TREC_DEPTH,
                   repeats: int = 3,
                   seed: int = 0) -> dict:
-  """Times hbt's metrics on the whole pool and pytrec_eval on a subset, and checks they agree.
+  """Times evaluate.score on the whole pool and pytrec_eval on a subset, and checks they agree.
 
   Args:
-    query_emb: float32 [Q, D] query embeddings.
+    query_emb: float32 [Q, D] query embeddings (make_pool's layout).
     cand_emb: float32 [N, D] candidate embeddings.
-    relevant: int32 [Q, R] relevant candidates per query, padded with -1.
+    relevant: int32 [Q, L] relevant candidates per query (pool indices).
     pytrec_queries: how many random queries pytrec_eval ranks all candidates for.
-    chunk_size: hbt's queries per chunk.
-    repeats: steady-state calls of hbt; the fastest is reported.
+    sizes: candidates of each language (make_pool's).
+    chunk_size: evaluate.score's queries per chunk (config.eval.chunk_size).
+    top_k: evaluate.score's top_k (config.eval.trec_depth).
+    repeats: steady-state calls of each timed function; the fastest is reported.
     seed: seed of the query subset.
 
   Returns:
-    A dict: hbt_first_s (first call, compile included), hbt_steady_s, pytrec_queries,
+    A dict: hbt_first_s (first call of evaluate.score, compile included), hbt_steady_s,
+    device_s (its device pass alone, evaluate.score_pool), device_no_top_s (the same without
+    top_k), pytrec_queries,
     pytrec_subset_s, pytrec_extrapolated_s (linear in queries), ratio (pytrec extrapolated / hbt
-    steady), max_abs_diff and agree (pytrec_eval vs hbt on the subset), summary (hbt's means).
+    steady), max_abs_diff and agree (pytrec_eval vs hbt on the subset), summary (hbt's multi means).
   """
-  num_queries = query_emb.shape[0]
-  queries, candidates, rel = (jnp.asarray(query_emb, jnp.float32),
-                              jnp.asarray(cand_emb, jnp.float32), jnp.asarray(relevant, jnp.int32))
-  jax.block_until_ready((queries, candidates, rel))
-
-  per_query, first = _timed(metrics.metrics_from_embeddings, queries, candidates, rel,
-                            chunk_size=chunk_size)
-  steady = min(_timed(metrics.metrics_from_embeddings, queries, candidates, rel,
-                      chunk_size=chunk_size)[1] for _ in range(repeats))
+  benchmark, embeddings = as_benchmark(query_emb, cand_emb, relevant, sizes)
+  num_queries, num_langs = query_emb.shape[0], len(sizes)
+  score = lambda: evaluate.score(benchmark, embeddings, chunk_size=chunk_size, top_k=top_k)
+  results, first = _timed(score)
+  steady = min(_timed(score)[1] for _ in range(repeats))
+  device_s = {}
+  for k in (top_k, 0):
+    device_pass = lambda k=k: evaluate.score_pool(benchmark, embeddings, chunk_size=chunk_size,
+                                                  top_k=k)
+    device_pass()  # compiles
+    device_s[k] = min(_timed(device_pass)[1] for _ in range(repeats))
 
   subset = np.sort(np.random.default_rng(seed).choice(num_queries, min(pytrec_queries, num_queries),
                                                       replace=False))
-  sub_scores = np.asarray(_scores(queries[subset], candidates))
+  sub_scores = query_emb[subset].astype(np.float64) @ cand_emb.T.astype(np.float64)
   start = time.perf_counter()
-  theirs = pytrec_metrics(sub_scores, np.asarray(relevant)[subset])
+  theirs = pytrec_metrics(sub_scores, relevant[subset])
   pytrec_s = time.perf_counter() - start
-  max_abs_diff = max(float(np.max(np.abs(np.asarray(per_query[name])[subset] - value)))
-                     for name, value in theirs.items())
+  # Row g * L + l of make_pool is question g of language l.
+  per_query = results['per_query']['multi']
+  ours = {name: np.array([per_query[benchmark.langs[q % num_langs]][name][q // num_langs]
+                          for q in subset]) for name in theirs}
+  max_abs_diff = max(float(np.max(np.abs(ours[name] - value))) for name, value in theirs.items())
 
   pytrec_extrapolated = pytrec_s * num_queries / len(subset)
   return {
@@ -168,46 +204,72 @@ def bench_metrics(query_emb: np.ndarray,
       'num_candidates': cand_emb.shape[0],
       'num_relevant': relevant.shape[1],
       'dim': query_emb.shape[1],
+      'chunk_size': chunk_size,
+      'top_k': top_k,
       'hbt_first_s': first,
       'hbt_steady_s': steady,
+      'device_s': device_s[top_k],
+      'device_no_top_s': device_s[0],
       'pytrec_queries': len(subset),
       'pytrec_subset_s': pytrec_s,
       'pytrec_extrapolated_s': pytrec_extrapolated,
       'ratio': pytrec_extrapolated / steady,
       'max_abs_diff': max_abs_diff,
       'agree': max_abs_diff <= AGREEMENT_TOLERANCE,
-      'summary': metrics.summarize(per_query),
+      'summary': results['summary']['multi'],
   }
+
+
+def machine() -> str:
+  """The CPU model, its fast-bf16 flags, the core count and the load average."""
+  model = platform.processor() or 'unknown CPU'
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      model = next((l.partition(':')[2].strip() for l in f if l.startswith('model name')), model)
+  except OSError:
+    pass
+  flags = dtype_lib.cpu_flags()
+  bf16 = ', '.join(f'{f} {"yes" if f in flags else "no"}' for f in dtype_lib.FAST_BF16_CPU_FLAGS)
+  load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
+  return f'{model} ({bf16}); {os.cpu_count()} CPUs; load average {load}'
 
 
 def print_report(result: dict) -> None:
   """Prints bench_metrics' figures."""
-  print(f"pool: {result['num_queries']} queries x {result['num_candidates']} candidates, "
-        f"R = {result['num_relevant']}, D = {result['dim']}; {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.2f}, jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}")
-  print(f"hbt metrics_from_embeddings, whole pool: first call (compile included) "
+  print(f"pool: {result['num_queries']:,} queries x {result['num_candidates']:,} candidates, "
+        f"R = {result['num_relevant']}, D = {result['dim']}; jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}; chunk {result['chunk_size']}, top_k {result['top_k']}")
+  print(f'machine: {machine()}')
+  print(f"hbt evaluate.score, whole pool: first call (compile included) "
         f"{result['hbt_first_s']:.2f} s, steady state {result['hbt_steady_s']:.2f} s")
+  print(f"  of which the device pass (evaluate.score_pool): {result['device_s']:.2f} s "
+        f"({result['device_no_top_s']:.2f} s without top_k)")
   print(f"pytrec_eval, {result['pytrec_queries']} queries x all candidates (run dict building "
         f"included): {result['pytrec_subset_s']:.2f} s")
-  print(f"pytrec_eval, EXTRAPOLATED linearly to {result['num_queries']} queries: "
+  print(f"pytrec_eval, EXTRAPOLATED linearly to {result['num_queries']:,} queries: "
         f"{result['pytrec_extrapolated_s']:.0f} s")
-  print(f"ratio pytrec_eval (extrapolated) / hbt (steady state): {result['ratio']:.0f}x")
+  print(f"ratio pytrec_eval (extrapolated) / hbt evaluate.score (steady state): "
+        f"{result['ratio']:.0f}x")
   verdict = 'agree' if result['agree'] else 'DISAGREE'
   print(f"pytrec_eval vs hbt on the {result['pytrec_queries']} queries: {verdict} "
         f"(max |diff| {result['max_abs_diff']:.2e})")
-  print('hbt means: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['summary'].items()))
+  print('hbt multilingual means: ' + ', '.join(f'{k} {v:.4f}'
+                                               for k, v in result['summary'].items()))
 
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--pytrec-queries', type=int, default=PYTREC_QUERIES)
-  parser.add_argument('--chunk-size', type=int, default=metrics.DEFAULT_CHUNK_SIZE)
+  parser.add_argument('--chunk-size', type=int, default=128)
+  parser.add_argument('--top-k', type=int, default=TREC_DEPTH)
+  parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
+  print(f'machine at start: {machine()}', flush=True)
   queries, candidates, relevant = make_pool(seed=args.seed)
   result = bench_metrics(queries, candidates, relevant, args.pytrec_queries,
-                         chunk_size=args.chunk_size, seed=args.seed)
+                         chunk_size=args.chunk_size, top_k=args.top_k, repeats=args.repeats,
+                         seed=args.seed)
   print_report(result)
   return 0 if result['agree'] else 1
 
