@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from hbt.eval import evaluate
 from hbt.experiments import summary as summary_lib
 from hbt.experiments import sweep as sweep_lib
 
@@ -41,24 +42,36 @@ def fake_results(arm: str, seed, benchmark='xquad_r') -> dict:
   ids = np.array([f'q{i}' for i in range(NUM_QUESTIONS)])
   has = {l: np.arange(NUM_QUESTIONS) < NUM_QUESTIONS - (l == 'th') for l in LANGS}
   per_pair, pairs, multi, multi_q = {}, {}, {}, {}
+
+  def figures(ap):  # every per-query figure of the evaluation's layout, from the AP
+    return {'ap': ap.tolist(), 'mrr': ap.tolist(), 'recall@1': (ap > 0.5).tolist(),
+            'recall@10': np.ones_like(ap).tolist(), 'ndcg@10': ap.tolist()}
+
   for q in LANGS:
     for c in LANGS:
       keep = has[q] & has[c]
       ap = np.clip(base + effect + (0.1 if q == c else 0) + rng.normal(0, 0.02, NUM_QUESTIONS),
                    0, 1)[keep]
-      per_pair[f'{q}-{c}'] = {'qids': ids[keep].tolist(), 'ap': ap.tolist()}
+      per_pair[f'{q}-{c}'] = {'qids': ids[keep].tolist(), 'rank': [1] * int(keep.sum()),
+                              **figures(ap)}
       pairs[f'{q}-{c}'] = {'ap': float(ap.mean()), 'recall@1': float(ap.mean()) - 0.1,
                            'recall@10': 0.9, 'mrr': float(ap.mean()), 'ndcg@10': 0.5,
                            'rank_min': 1.0, 'rank_max': 1.0, 'rank_distance': 0.0}
     ap = np.clip(base + effect - 0.3 + rng.normal(0, 0.02, NUM_QUESTIONS), 0, 1)[has[q]]
-    multi_q[q] = {'qids': ids[has[q]].tolist(), 'ap': ap.tolist()}
+    multi_q[q] = {'qids': ids[has[q]].tolist(), 'rank_min': [3] * int(has[q].sum()),
+                  'rank_max': [300] * int(has[q].sum()), **figures(ap)}
     multi[q] = {'ap': float(ap.mean()), 'recall@1': 0.2, 'recall@10': 0.7, 'mrr': 0.3,
                 'ndcg@10': 0.4, 'rank_min': 3.0, 'rank_max': 300.0 - 100 * effect,
                 'rank_distance': 297.0 - 100 * effect}
+  # The counts that the group metric's multilingual figures of a sub-group come from.
+  queries = {l: {'qids': ids[has[l]].tolist(),
+                 'answers': np.stack([np.where(has[c], 0, -1) for c in LANGS], 1)[has[l]].tolist(),
+                 'ahead': (rng.integers(0, 5, (int(has[l].sum()), len(LANGS), len(LANGS)))
+                           * np.stack([has[c] for c in LANGS], 1)[has[l]][:, :, None]).tolist()}
+             for l in LANGS}
   return {'benchmark': benchmark, 'langs': list(LANGS), 'pairs': pairs, 'multi': multi,
           'timing': {'encode_s': 5.0, 'score_s': 1.0},
-          'per_query': {'langs': list(LANGS),
-                        'queries': {l: {'qids': ids[has[l]].tolist()} for l in LANGS},
+          'per_query': {'langs': list(LANGS), 'sizes': [50] * len(LANGS), 'queries': queries,
                         'pairs': per_pair, 'multi': multi_q}}
 
 
@@ -173,7 +186,10 @@ def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):
   assert s['groups'] == {'all': ['en', 'de', 'th'], 'seen': ['en', 'de'], 'unseen': ['th']}
   mono = np.mean([results['pairs'][f'{l}-{l}']['ap'] for l in ('en', 'de')])
   assert s['summary']['seen']['mono']['ap'] == pytest.approx(mono, abs=1e-5)
-  assert s['summary']['unseen']['multi']['ap'] == pytest.approx(results['multi']['th']['ap'],
+  # The group metric: multi of the unseen group {th} ranks th's answer among th's candidates.
+  ahead = np.array(results['per_query']['queries']['th']['ahead'])
+  assert s['group_metric'] == evaluate.GROUP_METRIC
+  assert s['summary']['unseen']['multi']['ap'] == pytest.approx(np.mean(1 / (1 + ahead[:, 2, 2])),
                                                                abs=1e-5)
   assert s['budget']['steps'] == 4 and s['budget']['batch_size'] == 8 and s['seed'] == 0
   assert s['timing']['train_s'] == 60.0 and s['machine']['cores'] >= 1

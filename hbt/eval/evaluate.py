@@ -186,8 +186,9 @@ def score(benchmark: types.Benchmark, embeddings, *, mesh: Mesh | None = None,
     top_k: also keep every query's top_k candidates of each language (TREC run files); 0: none.
 
   Returns:
-    {'langs', 'group_metric', 'pairs', 'multi', 'summary', 'per_query'} (see `group_results` and
-    `per_query_core`), plus, when top_k: 'trec_depth' = top_k and 'top' = {lang: {'values':
+    {'langs', 'group_metric', 'pairs', 'multi', 'summary'} (see `group_results`) and 'per_query':
+    {'langs', 'sizes' (candidates per language), 'queries' (see `pair_figures`), 'pairs'
+    (`pair_figures`), 'multi' (`multi_figures` of all languages)}, plus, when top_k: 'trec_depth' = top_k and 'top' = {lang: {'values':
     float32 [Q, L, k], 'index': int32 [Q, L, k]}}, each query's best k = min(top_k, M)
     candidates in every language, best first (-1 past a language's last candidate).
   """
@@ -207,54 +208,67 @@ def score(benchmark: types.Benchmark, embeddings, *, mesh: Mesh | None = None,
       top[lang] = {'values': values,
                    'index': np.where(np.isfinite(values), out['top_index'][rows], -1)}
   sizes = np.asarray([embeddings[l][1].shape[0] for l in langs], np.int32)
-  per_query = per_query_core({'langs': list(langs), 'sizes': sizes, 'queries': core}, langs)
+  per_query = {'langs': list(langs), 'sizes': sizes, 'queries': core}
+  per_query.update(pairs=pair_figures(per_query), multi=multi_figures(per_query, langs))
   results = dict(group_results(per_query, langs), per_query=per_query)
   if top_k:
     results.update(top=top, trec_depth=top_k)
   return results
 
 
-def per_query_core(core: dict, group) -> dict:
-  """Per-query figures of the languages in `group`, from the counts of `score`.
+def pair_figures(core: dict) -> dict:
+  """Per-query figures of every pair X-Y: the answer in Y against the candidates of Y only.
 
   Args:
-    core: {'langs': all L languages, 'sizes': int32 [L] candidates per language, 'queries':
-      {lang: {'qids': str [Q], 'answers': int32 [Q, L], 'ahead': int32 [Q, L, L]}}}: answers[q, y]
-      is the index of query q's answer among the candidates of language y (-1 where it has none);
-      ahead[q, y, z] how many candidates of language z rank ahead of it (0 where it has none).
-    group: the languages to restrict queries, candidates and answers to (the group metric).
+    core: {'langs': all L languages, 'queries': {lang: {'qids': str [Q], 'answers': int32 [Q, L],
+      'ahead': int32 [Q, L, L]}}}: answers[q, y] is the index of query q's answer among the
+      candidates of language y (-1 where it has none); ahead[q, y, z] how many candidates of
+      language z rank ahead of it (0 where it has none).
 
   Returns:
-    core plus 'pairs': {'X-Y': {'qids', 'rank' int32 and PAIR_METRICS float32 [n]}} over the
-    queries of X that have an answer in Y, and 'multi': {X: {'qids', MULTI_METRICS [n]}} over the
-    queries of X with an answer in the group; ranks are int32.
+    {'X-Y': {'qids', 'rank' int32, PAIR_METRICS float32: [n]}}, over the n queries of X that
+    have an answer in Y.
+  """
+  langs = list(core['langs'])
+  pairs = {}
+  for x in langs:
+    entry = core['queries'][x]
+    qids, has = np.asarray(entry['qids']), np.asarray(entry['answers']) >= 0
+    ahead = np.asarray(entry['ahead'])
+    rank = 1 + np.take_along_axis(ahead, np.arange(len(langs))[None, :, None], axis=2)[..., 0]
+    out = metrics.metrics_from_ranks(rank.reshape(-1, 1), has.reshape(-1, 1))
+    out = {k: np.asarray(out[k]).reshape(len(qids), -1) for k in PAIR_METRICS}
+    for j, y in enumerate(langs):
+      keep = has[:, j]
+      pairs[f'{x}-{y}'] = {'qids': qids[keep], 'rank': rank[keep, j].astype(np.int32),
+                           **{k: v[keep, j] for k, v in out.items()}}
+  return pairs
+
+
+def multi_figures(core: dict, group) -> dict:
+  """Per-query multilingual figures of the group: its answers in the pool of its languages only.
+
+  Args:
+    core: as `pair_figures`.
+    group: the languages of the sub-pool (all of core['langs']: the whole pool).
+
+  Returns:
+    {X: {'qids', MULTI_METRICS: [n]}} for X in group, over the n queries of X with an answer in
+    the group; ranks are int32.
   """
   langs = list(core['langs'])
   index = [langs.index(l) for l in group]
-  pairs, multi = {}, {}
+  multi = {}
   for x in group:
     entry = core['queries'][x]
-    qids, has, ahead = entry['qids'], np.asarray(entry['answers']) >= 0, np.asarray(entry['ahead'])
-    num = len(qids)
-    # Pairs: the answer in Y against the candidates of Y only.
-    rank = 1 + np.take_along_axis(ahead, np.arange(len(langs))[None, :, None], axis=2)[..., 0]
-    pair = metrics.metrics_from_ranks(rank.reshape(-1, 1), has.reshape(-1, 1))
-    pair = {k: np.asarray(pair[k]).reshape(num, -1) for k in PAIR_METRICS}
-    for y in group:
-      j = langs.index(y)
-      keep = has[:, j]
-      pairs[f'{x}-{y}'] = {'qids': qids[keep], 'rank': rank[keep, j].astype(np.int32),
-                           **{k: v[keep, j] for k, v in pair.items()}}
-    # Multilingual: the group's answers against the pool of the group's languages.
-    valid = has[:, index]
-    sub_rank = 1 + ahead[:, index][:, :, index].sum(axis=-1)
-    out = metrics.metrics_from_ranks(sub_rank, valid)
+    qids, valid = np.asarray(entry['qids']), np.asarray(entry['answers'])[:, index] >= 0
+    rank = 1 + np.asarray(entry['ahead'])[:, index][:, :, index].sum(axis=-1)
+    out = metrics.metrics_from_ranks(rank, valid)
     keep = valid.any(axis=1)
     multi[x] = {'qids': qids[keep], **{k: np.asarray(out[k])[keep] for k in MULTI_METRICS}}
     for k in ('rank_min', 'rank_max'):
       multi[x][k] = multi[x][k].astype(np.int32)
-  return {'langs': langs, 'sizes': np.asarray(core['sizes'], np.int32), 'queries': core['queries'],
-          'pairs': pairs, 'multi': multi}
+  return multi
 
 
 def _means(per_query: dict) -> dict[str, float]:
@@ -269,26 +283,35 @@ def _means(per_query: dict) -> dict[str, float]:
 def group_results(per_query: dict, group) -> dict:
   """The figures of the languages in `group` under the group metric (see the module docstring).
 
+  Pairs within the group are those of the whole pool; the multilingual figures of a smaller group
+  are recomputed from the counts (`multi_figures`).
+
   Args:
     per_query: results['per_query'] of `score` (or read back by report.read_per_query).
     group: a subset of per_query['langs'].
 
   Returns:
     {'langs': group, 'group_metric': GROUP_METRIC, 'pairs': {'X-Y': means}, 'multi': {X: means},
-    'summary': {'mono', 'cross', 'multi'} macro averages}; means of ap, recall@1, recall@10, mrr,
+    'summary': summarize_settings(pairs, multi, group)}; means of ap, recall@1, recall@10, mrr,
     ndcg@10, rank_min, rank_max and rank_distance.
   """
-  group = list(group)
-  if not group or any(l not in per_query['langs'] for l in group):
-    raise ValueError(f'group {group} is not a non-empty subset of {per_query["langs"]}')
-  if group != list(per_query['langs']):
-    per_query = per_query_core(per_query, group)
-  pairs = {name: _means(values) for name, values in per_query['pairs'].items()
-           if all(l in group for l in name.split('-'))}
-  multi = {lang: _means(per_query['multi'][lang]) for lang in group}
-  mono = [pairs[f'{l}-{l}'] for l in group]
-  cross = [pairs[f'{a}-{b}'] for a in group for b in group if a != b]
-  mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+  group, langs = list(group), list(per_query['langs'])
+  if not group or any(l not in langs for l in group):
+    raise ValueError(f'group {group} is not a non-empty subset of {langs}')
+  multi = per_query['multi'] if set(group) == set(langs) else multi_figures(per_query, group)
+  pairs = {f'{x}-{y}': _means(per_query['pairs'][f'{x}-{y}']) for x in group for y in group}
+  multi = {lang: _means(multi[lang]) for lang in group}
   return {'langs': group, 'group_metric': GROUP_METRIC, 'pairs': pairs, 'multi': multi,
-          'summary': {'mono': mean(mono), 'cross': mean(cross),
-                      'multi': mean([multi[l] for l in group])}}
+          'summary': summarize_settings(pairs, multi, group)}
+
+
+def summarize_settings(pairs: dict, multi: dict, langs) -> dict:
+  """Macro averages per setting over `langs`: mono X-X, cross X-Y with X != Y, multi X.
+
+  Under the group metric `multi` must hold the group's own multilingual figures (those of
+  `group_results`), not those of a larger pool.
+  """
+  mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+  return {'mono': mean([pairs[f'{l}-{l}'] for l in langs]),
+          'cross': mean([pairs[f'{a}-{b}'] for a in langs for b in langs if a != b]),
+          'multi': mean([multi[l] for l in langs])}

@@ -23,6 +23,7 @@ from hbt import io
 from hbt.batches import input_pipeline
 from hbt.data import sources
 from hbt.eval import evaluate
+from hbt.eval import report as eval_report
 from hbt.model import build
 
 FORMAT_VERSION = 1
@@ -37,9 +38,9 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
 
   Returns:
     {'results': the results of the run's one benchmark evaluation, eval/<benchmark>.json (langs,
-     pairs, multi, summary, timing and, when the evaluation wrote them, per-query figures),
-     'describe': the shard manifest's batch counts per kind, language and language pair (None
-     for an evaluation-only run)}.
+     pairs, multi, summary, timing) with 'per_query' from eval/<benchmark>_per_query.npz when the
+     evaluation wrote it, 'describe': the shard manifest's batch counts per kind, language and
+     language pair (None for an evaluation-only run)}.
 
   Raises:
     FileNotFoundError: the run left no evaluation results, or several (names the files).
@@ -52,6 +53,9 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
                             f'{", ".join(str(p) for p in paths)}; found {len(found)}. Did the run '
                             f'end early? See the logs in {workdir}')
   results = io.read_json(found[0])
+  per_query = found[0].with_name(f'{found[0].stem}_per_query.npz')
+  if per_query.exists():  # written beside the JSON by hbt.eval.run.write_report
+    results['per_query'] = eval_report.read_per_query(per_query)
   manifests = [input_pipeline.read_manifest(p.parent)
                for p in sorted(workdir.glob(f'shards/*/{input_pipeline.MANIFEST}'))]
   return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None}
@@ -159,7 +163,8 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
   results = outputs['results']
   langs = results['langs']
   seen = train_langs(config)
-  summary = {name: evaluate.summarize_settings(results['pairs'], results['multi'], group)
+  # The group metric: every setting restricted to the group (multi on the group's sub-pool).
+  summary = {name: evaluate.group_results(results['per_query'], group)['summary']
              for name, group in groups(langs, seen).items()}
   t = config.train
   out = {
@@ -177,6 +182,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
       'langs': langs,
       'train_langs': seen,
       'groups': groups(langs, seen),
+      'group_metric': evaluate.GROUP_METRIC,
       'summary': _rounded(summary),
       'pairs': _rounded(results['pairs']),
       'multi': _rounded(results['multi']),
