@@ -224,7 +224,7 @@ def print_table(engines, num_texts: int, num_tokens: int, metric: dict | None) -
           f"{metric['num_candidates']:,} candidates (bench_metrics' random embeddings, "
           f"D = {metric['dim']})")
     ratio_col = f"{'':>16s}" * (len(refs) - 1)
-    print(f"  {'hbt metrics_from_embeddings':36s}{metric['hbt_steady_s']:9.2f}{'':19s}{ratio_col}"
+    print(f"  {'hbt evaluate.score':36s}{metric['hbt_steady_s']:9.2f}{'':19s}{ratio_col}"
           f"{1.0:15.2f}x   (first call, compile included: {metric['hbt_first_s']:.2f} s)")
     print(f"  {'pytrec_eval, extrapolated':36s}{metric['pytrec_extrapolated_s']:9.1f}{'':19s}"
           f"{ratio_col}{metric['ratio']:15.1f}x   ({metric['pytrec_queries']} queries x all "

@@ -19,9 +19,7 @@ figures from one run.
 """
 
 import argparse
-import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -35,7 +33,7 @@ if __package__ in (None, ''):  # Run as a script: make the repo importable.
 from hbt.data import types  # noqa: E402
 from hbt.eval import evaluate  # noqa: E402
 from hbt.eval import metrics  # noqa: E402
-from hbt.model import dtype as dtype_lib  # noqa: E402
+from hbt.experiments import summary as summary_lib  # noqa: E402
 
 # XQuAD-R: 1,190 questions in 11 languages; the candidate sentences of each language.
 NUM_GROUPS = 1190
@@ -221,17 +219,12 @@ def bench_metrics(query_emb: np.ndarray,
 
 
 def machine() -> str:
-  """The CPU model, its fast-bf16 flags, the core count and the load average."""
-  model = platform.processor() or 'unknown CPU'
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      model = next((l.partition(':')[2].strip() for l in f if l.startswith('model name')), model)
-  except OSError:
-    pass
-  flags = dtype_lib.cpu_flags()
-  bf16 = ', '.join(f'{f} {"yes" if f in flags else "no"}' for f in dtype_lib.FAST_BF16_CPU_FLAGS)
-  load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
-  return f'{model} ({bf16}); {os.cpu_count()} CPUs; load average {load}'
+  """The CPU model, its fast-bf16 flags, the core count and the load average, on one line."""
+  m = summary_lib.machine()
+  flags = ', '.join(f'{f} {"yes" if f in m["bf16_flags"] else "no"}'
+                    for f in ('amx_bf16', 'avx512_bf16'))
+  return (f"{m['cpu']} ({flags}); {m['cores']} CPUs; load average "
+          f"{' '.join(f'{x:.2f}' for x in m['load_avg'])}")
 
 
 def print_report(result: dict) -> None:
