@@ -27,6 +27,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator', None,
                                    'host:port of process 0 for multi-host runs (jax.distributed).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout', 100, 'Seconds without a heartbeat from a process after which every '
+    'process of a multi-host run stops (a process died; restart all of them to resume).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -41,7 +44,8 @@ def main(argv):
     dry_run.run(config)
     return
   if _COORDINATOR.value or os.environ.get('HBT_MULTIHOST'):
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
   config_lib.check_batch_split(config, jax.device_count())
   # Compiled programs persist across runs (one per batch shape), so a rerun starts fast.
   jax.config.update('jax_compilation_cache_dir', str(io.cache_dir() / 'jax'))

