@@ -215,12 +215,12 @@ def test_missing_results_name_the_file(tmp_path):
 
 def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
   """hbt.main subprocesses end to end (zero-shot, train, eval), summarised and resumed."""
-  from tests import test_main  # pylint: disable=g-import-not-at-top
+  from tests import runs  # pylint: disable=g-import-not-at-top
   from tests import test_weights  # pylint: disable=g-import-not-at-top
   test_weights.write_checkpoint(tmp_path / 'tiny', 'xlmr')
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one device, as a user runs it
   tiny = dict(arg.removeprefix('--config.').split('=', 1)
-              for arg in test_main.tiny(tmp_path / 'tiny', data_dir, 2))
+              for arg in runs.tiny(tmp_path / 'tiny', data_dir, 2))
   tiny = {k: int(v) if v.isdigit() else v for k, v in tiny.items()}
   tiny.update({'train.learning_rate': 1e-3, 'eval.progress': False, 'eval.langs': 'en,th',
                'train.val_every': 2, 'train.checkpoint_every': 2})
