@@ -81,3 +81,10 @@ def test_cli_dry_run_sets_its_device_count(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dry run: 4 devices, mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in out.stdout
   assert f"params           {param_count(encoder.Arch(**ARCH)) / 1e6:,.1f} M" in out.stdout
+
+
+def test_batch_that_the_batch_shards_do_not_divide_fails_naming_the_field():
+  config = tiny_config((-1, 1, 1))
+  config.train.batch_size = 12
+  with pytest.raises(ValueError, match=r'config\.train\.batch_size=12'):
+    dry_run.analyse(config, encoder.Arch(**ARCH))

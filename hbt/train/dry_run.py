@@ -77,6 +77,9 @@ def analyse(config, arch: encoder.Arch, devices=None) -> dict:
   """Compiles the train step for `arch` on `devices` (default: all) without weights; its figures."""
   c = config
   mesh = sharding.make_mesh(c.mesh, devices)
+  if c.train.batch_size % sharding.data_parallel_size(mesh):
+    raise ValueError(f'config.train.batch_size={c.train.batch_size} must be a multiple of the '
+                     f'{sharding.data_parallel_size(mesh)} batch shards (data x fsdp) of {mesh}')
   dtype = 'bfloat16' if c.model.dtype == 'auto' else c.model.dtype  # 'auto' is bf16 on accelerators
   pooling = 'mean' if c.model.pooling == 'auto' else c.model.pooling
   module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype),
