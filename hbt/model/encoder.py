@@ -129,6 +129,25 @@ class LayerNorm(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
 
 
+class Dropout(nn.Module):
+  """Dropout whose mask for each example depends only on the rng and the example's row id.
+
+  So an example gets the same mask in whichever batch, micro-batch or device it sits (GradCache
+  re-embeds micro-batches and must see the one-shot step's masks).
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, rows, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    key, keep = self.make_rng('dropout'), 1.0 - self.rate
+    kept = jax.vmap(lambda r: jax.random.bernoulli(jax.random.fold_in(key, r), keep,
+                                                   x.shape[1:]))(rows)
+    return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
+
+
 class Layer(nn.Module):
   """One post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
 
@@ -138,11 +157,11 @@ class Layer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, attn_bias):
+  def __call__(self, x, attn_bias, rows):
     a = self.arch
     batch, length, _ = x.shape
     head_dim = a.hidden // a.heads
-    drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
+    drop = lambda y: Dropout(self.dropout_rate)(y, rows, self.deterministic)
 
     def heads(name):  # [B, L, H*D] -> [B*H, L, D]
       y = Dense(a.hidden, ('embed', 'heads'), self.dtype, name=name)(x)
@@ -169,7 +188,11 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Token ids [B, L] and mask [B, L] -> L2-normalised sentence embeddings [B, hidden]."""
+  """Token ids [B, L] and mask [B, L] -> L2-normalised sentence embeddings [B, hidden].
+
+  `rows` [B] (default 0..B-1) names each example for dropout: its masks depend only on the
+  dropout rng and its row id (see `Dropout`).
+  """
 
   arch: Arch
   pooling: str = 'mean'  # one of POOLINGS.
@@ -178,8 +201,9 @@ class Encoder(nn.Module):
   remat: bool = False  # recompute layer activations in the backward pass to save memory.
 
   @nn.compact
-  def __call__(self, ids, mask, deterministic: bool = True):
+  def __call__(self, ids, mask, deterministic: bool = True, rows=None):
     a = self.arch
+    rows = jnp.arange(ids.shape[0]) if rows is None else rows
     init = nn.initializers.normal(0.02)
     word = _param(self, 'word_embeddings', init, (a.vocab_size, a.hidden), ('vocab', 'embed'))
     position = _param(self, 'position_embeddings', init, (a.max_positions, a.hidden),
@@ -189,7 +213,7 @@ class Encoder(nn.Module):
     positions = jnp.arange(ids.shape[1]) + a.position_offset
     x = jnp.take(word, ids, axis=0) + position[positions][None] + token_type[0]
     x = LayerNorm(a.layer_norm_eps, name='embeddings_ln')(x)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(self.dropout_rate)(x, rows, deterministic)
     x = _constrain(x, ('batch', 'length', 'act_embed'))
 
     attn_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
@@ -198,7 +222,8 @@ class Encoder(nn.Module):
                                                                     'dropout': True},
                     in_axes=nn.broadcast, length=a.layers,
                     metadata_params={nn.PARTITION_NAME: 'layers'}, unroll=a.layers)
-    x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias)
+    x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias,
+                                                                                rows)
 
     if self.pooling == 'mean':
       m = mask[..., None].astype(jnp.float32)
