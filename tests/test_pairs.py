@@ -176,3 +176,32 @@ def test_pairs_from_real_mlqa_r(data_dir):
   assert min(langs_per_id) == 2 and max(langs_per_id) == 4
   assert all(pairs.query(lang, qid).strip() and pairs.positive(lang, qid).strip()
              for (lang, qid) in pairs.examples)
+
+
+def test_groups_link_ids_sharing_a_positive_in_any_language(tmp_path):
+  rows = [_row('a', 'en', positive='S1'), _row('b', 'en', positive='S1'),   # share in en
+          _row('b', 'de', positive='T1'), _row('c', 'de', positive='T1'),   # b, c share in de
+          _row('d', 'en', positive='S2'), _row('d', 'de', positive='T2'),
+          _row('e', 'fr', positive='S2')]  # e's fr text equals d's en
+  pairs = pairs_lib.from_jsonl(_write(tmp_path / 'p.jsonl', rows))
+  assert dict(pairs.groups) == {'a': 0, 'b': 0, 'c': 0, 'd': 1, 'e': 1}
+  assert pairs.text_group('T1') == 0 and pairs.text_group('S2') == 1
+  assert pairs.text_group('not a positive') == -1
+  # A validation split never separates a group.
+  for seed in range(20):
+    train, val = pairs_lib.split_ids(pairs, 0.5, seed)
+    for side in (train, val):
+      ids = set(side.all_ids())
+      assert {'a', 'b', 'c'} <= ids or not {'a', 'b', 'c'} & ids
+      assert {'d', 'e'} <= ids or not {'d', 'e'} & ids
+
+
+def test_real_xquad_r_validation_shares_no_answer_sentence_with_training(data_dir):
+  from hbt.data import squad_r  # pylint: disable=import-outside-toplevel
+  pairs = pairs_lib.from_benchmark(squad_r.load_benchmark('xquad_r', data_dir))
+  english = [pairs.positive('en', q) for q in pairs.ids['en']]
+  assert sum(english.count(s) > 1 for s in english) == 656  # ids sharing their answer sentence
+  train, val = pairs_lib.split_ids(pairs, 0.05, seed=0)
+  assert 40 <= len(val.all_ids()) <= 80
+  seen = {train.positive(lang, q) for lang, q in train.examples}
+  assert not [key for key in val.examples if val.positive(*key) in seen]

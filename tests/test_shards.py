@@ -96,6 +96,8 @@ def test_round_trip_in_step_order(folder, sampler, pairs, tokenizer):
     _check_side(got['positive_tokens'], got['positive_mask'],
                 _expected(tokenizer, positives, 'passage', MAX_P), MAX_P, tokenizer.pad_id)
     assert 'negative_tokens' not in got
+    groups = [pairs.groups[qid] for qid in batch.ids]
+    assert got['positive_group'].tolist() == got['query_group'].tolist() == groups
 
 
 @pytest.mark.parametrize('start', [1, 4, 5, 13, STEPS - 1, STEPS])
@@ -232,6 +234,12 @@ def test_hard_negatives_round_trip(tmp_path, pairs, tokenizer):
                 _expected(tokenizer, texts, 'passage', MAX_P), MAX_P, tokenizer.pad_id)
     np.testing.assert_array_equal(
         np.concatenate([a['negative_tokens'], b['negative_tokens']]), got['negative_tokens'])
+    # Each negative here is another id's positive: it carries that id's group.
+    assert got['negative_group'].tolist() == np.reshape(
+        [with_negs.text_group(t) for t in texts], (BATCH, k)).tolist()
+    assert (got['negative_group'] >= 0).all()
+    np.testing.assert_array_equal(
+        np.concatenate([a['negative_group'], b['negative_group']]), got['negative_group'])
   manifest = json.loads((folder / shards.MANIFEST).read_text())
   assert manifest['lengths']['negative']['num_texts'] == 7 * BATCH * k
 

@@ -51,6 +51,67 @@ def test_info_nce_matches_numpy(symmetric, hard, temperature):
                              rtol=1e-5)
 
 
+def numpy_masked_info_nce(q, p, t, groups, negatives=None, negative_groups=None,
+                          symmetric=False):
+  """Reference InfoNCE in float64 that drops, row by row, the candidates of the query's group."""
+  q, p = np.asarray(q, np.float64), np.asarray(p, np.float64)
+  cands, cand_groups = list(p), list(groups)
+  if negatives is not None:
+    cands += list(np.asarray(negatives, np.float64).reshape(-1, p.shape[1]))
+    cand_groups += list(np.asarray(negative_groups).reshape(-1))
+
+  def ce(queries, candidates, candidate_groups):
+    total = 0.0
+    for i, query in enumerate(queries):
+      kept = [c for j, (c, g) in enumerate(zip(candidates, candidate_groups))
+              if j == i or g != groups[i]]
+      logits = np.array([query @ c / t for c in kept])
+      own = query @ candidates[i] / t
+      total += np.log(np.exp(logits - logits.max()).sum()) + logits.max() - own
+    return total / len(queries)
+
+  loss = ce(q, cands, cand_groups)
+  return 0.5 * (loss + ce(p, list(q), list(groups))) if symmetric else loss
+
+
+@pytest.mark.parametrize('symmetric', [False, True])
+@pytest.mark.parametrize('hard', [0, 2])
+def test_info_nce_masks_in_batch_false_negatives(symmetric, hard):
+  rng = np.random.default_rng(1)
+  b, d = 12, 8
+  # Collisions: pairs 0, 3, 7 share an answer sentence (group 5), pairs 1, 2 another (group 9).
+  groups = np.array([5, 9, 9, 5, 0, 1, 2, 5, 3, 4, 6, 7])
+  q, p = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, d)))
+  p[3] = p[0] + 0.01 * rng.normal(size=d)  # near-duplicates, as translations would be
+  n = unit(rng.normal(size=(b, hard, d))) if hard else None
+  neg_groups = np.full((b, hard), -1)
+  if hard:
+    neg_groups[4, 0] = 9  # a hard negative equal to the positive of pairs 1 and 2
+  args = dict(temperature=0.05, symmetric=symmetric,
+              negatives=None if n is None else jnp.asarray(n, jnp.float32))
+  got = loss_lib.info_nce(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32),
+                          groups=jnp.asarray(groups),
+                          negative_groups=jnp.asarray(neg_groups) if hard else None, **args)
+  want = numpy_masked_info_nce(q, p, 0.05, groups, n, neg_groups, symmetric)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  unmasked = loss_lib.info_nce(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32), **args)
+  assert float(unmasked) > float(got) + 1e-3  # the masking changes the loss
+  # All groups distinct: the same as no masking.
+  distinct = loss_lib.info_nce(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32),
+                               groups=jnp.arange(b), negative_groups=None if n is None else
+                               jnp.full((b, hard), -1), **args)
+  np.testing.assert_allclose(float(distinct), float(unmasked), rtol=1e-6)
+
+
+def test_in_batch_accuracy_ignores_the_own_group():
+  q = np.eye(4, dtype=np.float32)[[0, 1, 2, 2]]  # pairs 2 and 3 share an answer sentence
+  p = np.eye(4, dtype=np.float32)[[0, 1, 2, 2]]
+  p[3] *= 0.9
+  got = loss_lib.in_batch_accuracy(jnp.asarray(q), jnp.asarray(p), jnp.array([0, 1, 2, 2]))
+  assert float(got) == 1.0
+  assert float(loss_lib.in_batch_accuracy(jnp.asarray(q), jnp.asarray(p))) < 1.0
+
+
 def train_config(**overrides):
   c = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, weight_decay=0.01, warmup_steps=1, steps=10, grad_clip_norm=1.0,
@@ -102,20 +163,26 @@ def assert_trees_close(a, b, atol):
 
 
 def test_eight_devices_equal_one_device():
+  """Also with positive groups that collide across devices: the mask spans the global batch."""
   assert jax.device_count() == 8, 'tests/conftest.py sets 8 simulated CPU devices'
   config = train_config()
   batches = [make_batch(seed=s) for s in range(2)]
+  groups = np.arange(16, dtype=np.int32)
+  groups[[0, 9, 15]] = 0  # rows 0, 9 and 15 sit on devices 0, 4 and 7
+  batches[1]['positive_group'] = batches[1]['query_group'] = groups
   one, m1 = run_steps(jax.devices()[:1], config, batches)
   eight, m8 = run_steps(jax.devices(), config, batches)
   assert_trees_close(one, eight, 1e-5)
   np.testing.assert_allclose([m['loss'] for m in m1], [m['loss'] for m in m8], rtol=1e-5)
 
 
-@pytest.mark.parametrize('hard', [0, 1])
-def test_grad_cache_accumulation_equals_full_batch(hard):
+@pytest.mark.parametrize('hard,dropout', [(0, 0.0), (1, 0.3)])
+def test_grad_cache_accumulation_equals_full_batch(hard, dropout):
+  """Per-example dropout masks: the equality holds with dropout on, too."""
   batches = [make_batch(hard=hard, seed=3)]
-  full, mf = run_steps(jax.devices()[:1], train_config(), batches, dropout=0.0)
-  accum, ma = run_steps(jax.devices()[:1], train_config(grad_accum_steps=4), batches, dropout=0.0)
+  full, mf = run_steps(jax.devices()[:1], train_config(), batches, dropout=dropout)
+  accum, ma = run_steps(jax.devices()[:1], train_config(grad_accum_steps=4), batches,
+                        dropout=dropout)
   np.testing.assert_allclose(mf[0]['loss'], ma[0]['loss'], rtol=1e-5)
   np.testing.assert_allclose(mf[0]['l2_grads'], ma[0]['l2_grads'], rtol=1e-4)
   assert_trees_close(full, accum, 1e-5)

@@ -9,6 +9,8 @@ Element of the dataset (B global pairs, P processes, b = B / P rows per process)
   * 'ids', 'query_langs', 'positive_langs': string [b].
   * 'query_tokens', 'query_mask': int32 [b, Lq]; 'positive_tokens', 'positive_mask': int32 [b, Lp].
   * with hard negatives only: 'negative_tokens', 'negative_mask': int32 [b, k, Ln].
+  * 'query_group', 'positive_group': int32 [b]; with hard negatives 'negative_group' int32 [b, k]
+    (positive groups: the loss masks in-batch false negatives with them).
 """
 
 from collections.abc import Iterator
@@ -53,6 +55,8 @@ def _feature_spec(manifest: dict) -> dict:
     spec[f'{side}_shape'] = tf.io.FixedLenFeature([rank], tf.int64)
     for part in ('tokens', 'mask'):
       spec[f'{side}_{part}'] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
+    spec[f'{side}_group'] = tf.io.FixedLenFeature(
+        [b * manifest['hard_negatives'] if side == 'negative' else b], tf.int64)
   return spec
 
 
@@ -75,6 +79,10 @@ def _parser(manifest: dict, process_index: int, process_count: int):
       for part in ('tokens', 'mask'):
         value = tf.reshape(tf.cast(x[f'{side}_{part}'], tf.int32), shape)[start:start + rows]
         out[f'{side}_{part}'] = tf.ensure_shape(value, static)
+      group = tf.cast(x[f'{side}_group'], tf.int32)
+      if side == 'negative':
+        group = tf.reshape(group, [-1, k])
+      out[f'{side}_group'] = group[start:start + rows]
     return out
 
   return parse

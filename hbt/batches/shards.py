@@ -19,6 +19,9 @@ Record schema (one `tf.train.Example` per step; B pairs, k hard negatives per pa
   * 'positive_tokens', 'positive_mask': int64 [B * Lp], 'positive_shape' int64 [2] = (B, Lp).
   * k > 0 only: 'negative_tokens', 'negative_mask': int64 [B * k * Ln],
     'negative_shape' int64 [3] = (B, k, Ln).
+  * 'query_group', 'positive_group': int64 [B], each pair's positive group (`PairSet.groups`);
+    k > 0 only: 'negative_group' int64 [B * k], the group whose positive the hard negative's text
+    is, or -1. The loss leaves a query's own group out of its negatives.
 Tokens are right-padded with the tokenizer's pad id; masks are 1 on real tokens, 0 on padding.
 Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) that holds the longest text
 of its side in that batch, so the train step sees only a few distinct shapes.
@@ -44,7 +47,7 @@ from hbt.batches import sampler as sampler_lib
 from hbt.data.pairs import PairSet
 from hbt.model import tokenizer as tokenizer_lib
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: positive groups
 MANIFEST = input_pipeline.MANIFEST
 DEFAULT_NUM_SHARDS = 8
 HASH_PREFIX = 16
@@ -116,11 +119,13 @@ def _cap(max_length: int, tokenizer) -> int:
 
 @dataclasses.dataclass
 class EncodedSide:
-  """Tokenised, padded texts of one side of one batch, and their lengths before truncation."""
+  """Tokenised, padded texts of one side of one batch, their lengths before truncation, and the
+  positive group of each text (see `PairSet.groups`; -1 for a text that is nobody's positive)."""
 
   tokens: np.ndarray
   mask: np.ndarray
   lengths: list[int]
+  group: np.ndarray | None = None
 
 
 def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int) -> EncodedSide:
@@ -158,13 +163,17 @@ def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_
   max_query_length = _cap(max_query_length, tokenizer)
   max_passage_length = _cap(max_passage_length, tokenizer)
   queries, positives = sampler_lib.batch_texts(pairs, batch)
+  groups = np.array([pairs.groups[qid] for qid in batch.ids], np.int64)
   sides = {'query': _encode_side(full, queries, 'query', max_query_length),
            'positive': _encode_side(full, positives, 'passage', max_passage_length)}
+  sides['query'].group = sides['positive'].group = groups
   if hard_negatives > 0:
-    neg = _encode_side(full, _negative_texts(pairs, batch, hard_negatives), 'passage',
-                       max_passage_length)
+    texts = _negative_texts(pairs, batch, hard_negatives)
+    neg = _encode_side(full, texts, 'passage', max_passage_length)
     shape = (len(batch), hard_negatives, neg.tokens.shape[-1])
-    sides['negative'] = EncodedSide(neg.tokens.reshape(shape), neg.mask.reshape(shape), neg.lengths)
+    sides['negative'] = EncodedSide(
+        neg.tokens.reshape(shape), neg.mask.reshape(shape), neg.lengths,
+        np.array([pairs.text_group(t) for t in texts], np.int64).reshape(shape[:2]))
   return sides
 
 
@@ -189,6 +198,7 @@ def to_example(batch: sampler_lib.Batch, sides: Mapping[str, EncodedSide]) -> by
     feature[f'{name}_tokens'] = _int_feature(side.tokens)
     feature[f'{name}_mask'] = _int_feature(side.mask)
     feature[f'{name}_shape'] = _int_feature(side.tokens.shape)
+    feature[f'{name}_group'] = _int_feature(side.group)
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -242,8 +252,10 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   'max_passage_length' (after capping), 'pad_id', 'num_shards', 'shards' (file names, shard i
   holding steps i, i+S, ...), 'describe' (`sampler.describe` of the batches), 'lengths' (per side:
   num_texts, mean, p50, p95, max of the lengths before truncation, and 'truncated'), 'buckets'
-  (per side: the allowed lengths and the count of batches padded to each) and 'shapes' (count of
-  batches per 'Lq,Lp' or 'Lq,Lp,Ln').
+  (per side: the allowed lengths and the count of batches padded to each), 'shapes' (count of
+  batches per 'Lq,Lp' or 'Lq,Lp,Ln') and 'false_negatives' (the (query, candidate) pairs the loss
+  masks as in-batch false negatives, see `false_negative_count`: total, mean and max per batch,
+  batches with any).
 
   Args:
     out_root: the folder holding shard folders.
@@ -298,6 +310,16 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   return folder
 
 
+def false_negative_count(sides: Mapping[str, EncodedSide]) -> int:
+  """In one batch, the (query, candidate) pairs the loss masks: another pair's positive, or a hard
+  negative, in the query's own positive group."""
+  groups = sides['positive'].group
+  count = int((groups[:, None] == groups[None, :]).sum()) - len(groups)
+  if 'negative' in sides:
+    count += int((groups[:, None] == sides['negative'].group.reshape(-1)[None, :]).sum())
+  return count
+
+
 def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, tokenizer,
                   num_steps: int, max_q: int, max_p: int, hard_negatives: int,
                   progress: bool) -> dict:
@@ -308,7 +330,7 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
   lengths = {side: [] for side in SIDES}
   counts = {side: {} for side in SIDES}
   shapes = {}
-  batches = []
+  batches, masked = [], []
   writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in tmps]
   try:
     for step in tqdm.trange(num_steps, desc='prepare batches', unit='batch',
@@ -317,6 +339,7 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
       sides = encode_batch(batch, pairs, tokenizer, max_q, max_p, hard_negatives)
       writers[step % len(writers)].write(to_example(batch, sides))
       batches.append(batch)
+      masked.append(false_negative_count(sides))
       for name, side in sides.items():
         lengths[name].extend(side.lengths)
         length = str(side.tokens.shape[-1])
@@ -341,4 +364,7 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
                          'counts': dict(sorted(counts[side].items(), key=lambda kv: int(kv[0])))}
                   for side in used},
       'shapes': dict(sorted(shapes.items())),
+      'false_negatives': {'masked': int(sum(masked)), 'per_batch': float(np.mean(masked)),
+                          'max_per_batch': int(max(masked)),
+                          'batches_with_any': int(np.count_nonzero(masked))},
   }

@@ -25,10 +25,17 @@ Sources:
 `to_jsonl` writes the same format (language by language, ids in `PairSet.ids` order), so
 `from_jsonl(to_jsonl(pairs))` gives back an equal PairSet. `split_ids` splits a PairSet by parallel
 id into a training and a held-out validation part.
+
+Positive groups: distinct ids can share a positive (in XQuAD-R, several questions are answered by
+one sentence). `PairSet.groups` puts two ids in one group when some language gives them the same
+positive text (and, transitively, links through further ids); the translations of a shared answer
+sentence thus land in one group too. In a batch, a pair's own group's other positives are not
+negatives (the loss masks them), and `split_ids` keeps each group on one side of the split.
 """
 
 from collections.abc import Collection, Iterable, Mapping
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -111,6 +118,39 @@ class PairSet:
   def langs_of(self, qid: str) -> tuple[str, ...]:
     """The languages that have `qid`, in `langs` order."""
     return tuple(lang for lang in self.langs if (lang, qid) in self.examples)
+
+  @functools.cached_property
+  def groups(self) -> Mapping[str, int]:
+    """The positive group of every id: ids linked by an equal positive text in any language.
+
+    Groups are numbered 0, 1, ... in the order of their smallest id, so the numbering depends only
+    on the pairs.
+    """
+    parent = {qid: qid for qid in self.all_ids()}
+
+    def root(qid):
+      while parent[qid] != qid:
+        parent[qid] = parent[parent[qid]]
+        qid = parent[qid]
+      return qid
+
+    first = {}  # positive text -> the first id that has it
+    for (_, qid), example in self.examples.items():
+      other = first.setdefault(example.positive, qid)
+      a, b = root(qid), root(other)
+      if a != b:
+        parent[max(a, b)] = min(a, b)
+    roots = {qid: root(qid) for qid in parent}
+    number = {r: n for n, r in enumerate(sorted(set(roots.values())))}
+    return types.MappingProxyType({qid: number[r] for qid, r in roots.items()})
+
+  @functools.cached_property
+  def _text_groups(self) -> Mapping[str, int]:
+    return {example.positive: self.groups[qid] for (_, qid), example in self.examples.items()}
+
+  def text_group(self, text: str) -> int:
+    """The group of the ids whose positive `text` is, or -1 if it is nobody's positive."""
+    return self._text_groups.get(text, -1)
 
   def subset(self, keep: Collection[str]) -> 'PairSet':
     """The pairs whose id is in `keep`; languages left without ids are dropped."""
@@ -273,9 +313,10 @@ def _unit_hash(qid: str, seed: int) -> float:
 def split_ids(pairs: PairSet, val_fraction: float, seed: int = 0) -> tuple[PairSet, PairSet]:
   """Splits `pairs` by parallel id into a training and a held-out validation part.
 
-  An id goes to validation iff sha256(seed, id), read as a number in [0, 1), is below
-  `val_fraction`; so all languages of an id land on the same side, the split depends only on
-  (id, seed) (not on file order or on the other ids), and the validation share is `val_fraction`
+  A positive group (`PairSet.groups`) goes to validation iff sha256(seed, its smallest id), read as
+  a number in [0, 1), is below `val_fraction`; so all languages of an id, and all ids that share a
+  positive, land on the same side (no validation positive is a training positive), the split
+  depends only on (group, seed) (not on file order), and the validation share is `val_fraction`
   in expectation, not exactly. A side may be empty (a PairSet with no languages).
 
   Args:
@@ -292,6 +333,9 @@ def split_ids(pairs: PairSet, val_fraction: float, seed: int = 0) -> tuple[PairS
   if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
       or not 0.0 <= val_fraction <= 1.0):
     raise ValueError(f'val_fraction must be in [0, 1], got {val_fraction!r}')
-  val = {i for i in pairs.all_ids() if _unit_hash(i, seed) < val_fraction}
+  smallest = {}
+  for qid, group in pairs.groups.items():
+    smallest[group] = min(qid, smallest.get(group, qid))
+  val = {i for i, group in pairs.groups.items() if _unit_hash(smallest[group], seed) < val_fraction}
   train = {i for i in pairs.all_ids() if i not in val}
   return pairs.subset(train), pairs.subset(val)

@@ -32,7 +32,7 @@ from hbt.model import build
 from hbt.train import checkpoint
 from hbt.train import step as step_lib
 
-ARRAY_SUFFIXES = ('_tokens', '_mask')
+ARRAY_SUFFIXES = ('_tokens', '_mask', '_group')  # batch arrays the step gets
 
 
 def training_pairs(config) -> tuple[pairs_lib.PairSet, pairs_lib.PairSet]:

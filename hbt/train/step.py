@@ -6,8 +6,12 @@ and the params are split, `jax.jit` with NamedShardings does the rest. The state
 Large global batches: with `accum_steps` > 1 the step is GradCache-style, so the loss still sees the
 whole global batch as negatives: (1) embed every micro-batch without keeping activations, (2) take
 the loss and its gradient w.r.t. the embeddings over the global batch, (3) re-embed each micro-batch
-and backpropagate its slice of that gradient, summing param gradients. Same dropout rng in (1) and
-(3), so the gradient equals the one-shot step's.
+and backpropagate its slice of that gradient, summing param gradients.
+
+Dropout masks are per example: row r of a text group (queries, positives, or negatives flattened
+pair-major) draws its masks from (group key, r), r being its row in the global batch (see
+`encoder.Dropout`). So (1), (3) and the one-shot step see the same masks, and the gradient equals
+the one-shot step's with dropout on too (tests/test_train_step.py).
 """
 
 import functools
@@ -104,6 +108,11 @@ def _texts(batch: dict) -> list[tuple[str, str]]:
   return groups
 
 
+def _groups(batch: dict) -> dict:
+  """The loss's positive-group arguments from the batch (absent: no false-negative masking)."""
+  return {'groups': batch.get('positive_group'), 'negative_groups': batch.get('negative_group')}
+
+
 def train_step(state: TrainState, batch: dict, *, module: nn.Module,
                tx: optax.GradientTransformation, seed: int, temperature: float,
                symmetric: bool, accum_steps: int = 1) -> tuple[TrainState, dict]:
@@ -111,31 +120,35 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   groups = _texts(batch)
 
-  def embed(params, tokens, mask, key):
+  def embed(params, tokens, mask, key, rows):
+    """Embeddings of tokens [..., L]; `rows` [...] the global row of each text (its dropout)."""
     flat_tokens = tokens.reshape(-1, tokens.shape[-1])
     out = module.apply({'params': merge_params(state, params)}, flat_tokens,
                        mask.reshape(flat_tokens.shape), deterministic=False,
-                       rngs={'dropout': key})
+                       rows=rows.reshape(-1), rngs={'dropout': key})
     return out.reshape(*tokens.shape[:-1], out.shape[-1])
 
   def loss_of(embs):
     negatives = embs[2] if len(embs) > 2 else None
     return loss_lib.info_nce(embs[0], embs[1], temperature=temperature, negatives=negatives,
+                             **_groups(batch),
                              symmetric=symmetric)
 
   keys = [jax.random.fold_in(rng, g) for g in range(len(groups))]
+  rows = [jnp.arange(batch[t][..., 0].size).reshape(batch[t].shape[:-1]) for t, _ in groups]
   if accum_steps == 1:
     def full_loss(params):
-      embs = [embed(params, batch[t], batch[m], k) for (t, m), k in zip(groups, keys)]
+      embs = [embed(params, batch[t], batch[m], k, r)
+              for (t, m), k, r in zip(groups, keys, rows)]
       return loss_of(embs), embs
     (loss, embs), grads = jax.value_and_grad(full_loss, has_aux=True)(state.params)
   else:
-    micro = [(_micro(batch[t], accum_steps), _micro(batch[m], accum_steps)) for t, m in groups]
-    micro_keys = [jax.random.split(k, accum_steps) for k in keys]
+    micro = [(_micro(batch[t], accum_steps), _micro(batch[m], accum_steps), _micro(r, accum_steps))
+             for (t, m), r in zip(groups, rows)]
 
     def embed_all(params):  # (1) embeddings of every micro-batch, activations not kept
-      return [_unmicro(jax.lax.map(lambda a: embed(params, *a), (t, m, k)))
-              for (t, m), k in zip(micro, micro_keys)]
+      return [_unmicro(jax.lax.map(lambda a, k=k: embed(params, a[0], a[1], k, a[2]), (t, m, r)))
+              for (t, m, r), k in zip(micro, keys)]
 
     embs = embed_all(jax.lax.stop_gradient(state.params))
     loss, emb_grads = jax.value_and_grad(loss_of)(embs)  # (2) loss over the global batch
@@ -143,8 +156,8 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
 
     def backprop(acc, i):  # (3) re-embed micro-batch i and push its embedding gradients back
       def surrogate(params):
-        return sum(jnp.vdot(embed(params, t[i], m[i], k[i]), g[i])
-                   for (t, m), k, g in zip(micro, micro_keys, emb_grads))
+        return sum(jnp.vdot(embed(params, t[i], m[i], k, r[i]), g[i])
+                   for (t, m, r), k, g in zip(micro, keys, emb_grads))
       return jax.tree.map(jnp.add, acc, jax.grad(surrogate)(state.params)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -152,7 +165,8 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1]),
+  metrics = {'loss': loss,
+             'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1], batch.get('positive_group')),
              'l2_grads': optax.tree.norm(grads), 'l2_updates': optax.tree.norm(updates),
              'l2_params': optax.tree.norm(params)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -167,9 +181,9 @@ def eval_step(state: TrainState, batch: dict, *, module: nn.Module, temperature:
     out = module.apply({'params': merge_params(state)}, tokens, batch[m].reshape(tokens.shape))
     embs.append(out.reshape(*batch[t].shape[:-1], out.shape[-1]))
   negatives = embs[2] if len(embs) > 2 else None
-  return {'loss': loss_lib.info_nce(embs[0], embs[1], temperature=temperature,
+  return {'loss': loss_lib.info_nce(embs[0], embs[1], temperature=temperature, **_groups(batch),
                                     negatives=negatives, symmetric=symmetric),
-          'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1])}
+          'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1], batch.get('positive_group'))}
 
 
 def abstract_state(module: nn.Module, tx, freeze_embeddings: bool) -> TrainState:
