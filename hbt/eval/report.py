@@ -13,6 +13,7 @@ report in place of a good one.
 
 import io as std_io
 
+from flax import traverse_util
 import numpy as np
 
 from hbt import io
@@ -54,16 +55,6 @@ def json_results(results: dict) -> dict:
   return {k: v for k, v in results.items() if k not in ARRAY_KEYS}
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}/'))
-    else:
-      out[f'{prefix}{key}'] = np.asarray(value)
-  return out
-
-
 def write_per_query(path, per_query: dict) -> None:
   """results['per_query'] as one compressed .npz, keys joined by '/' (e.g. 'pairs/en-de/ap').
 
@@ -75,20 +66,15 @@ def write_per_query(path, per_query: dict) -> None:
       int32 [n]}.
   """
   buffer = std_io.BytesIO()
-  np.savez_compressed(buffer, **_flatten(per_query))
+  flat = traverse_util.flatten_dict(per_query, sep='/')
+  np.savez_compressed(buffer, **{key: np.asarray(value) for key, value in flat.items()})
   io.write_atomic(path, buffer.getvalue())
 
 
 def read_per_query(path) -> dict:
   """The per_query dict that write_per_query wrote (langs as a list)."""
   with io.path(path).open('rb') as f, np.load(f, allow_pickle=False) as data:
-    out = {}
-    for key in data.files:
-      *parents, leaf = key.split('/')
-      node = out
-      for parent in parents:
-        node = node.setdefault(parent, {})
-      node[leaf] = data[key]
+    out = traverse_util.unflatten_dict({key: data[key] for key in data.files}, sep='/')
   out['langs'] = [str(l) for l in out['langs']]
   return out
 
