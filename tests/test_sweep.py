@@ -88,6 +88,8 @@ def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
                              'positive_langs': {'en': english, 'th': 8 - english}}}
     (workdir / 'shards' / 'abc').mkdir(parents=True)
     (workdir / 'shards' / 'abc' / 'manifest.json').write_text(json.dumps(manifest))
+    (workdir / 'metrics.jsonl').write_text('{"step": 2, "loss": 1.23456789}\n'
+                                           '{"step": 4, "loss": 0.5, "val/loss": 0.7}\n')
   outputs = summary_lib.read_run_outputs(workdir)
   return summary_lib.make_summary(run, config, outputs, {'train_s': 60.0, 'eval_s': 30.0})
 
@@ -193,6 +195,7 @@ def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):
                                                                abs=1e-5)
   assert s['budget']['steps'] == 4 and s['budget']['batch_size'] == 8 and s['seed'] == 0
   assert s['timing']['train_s'] == 60.0 and s['machine']['cores'] >= 1
+  assert s['curves'] == [{'step': 2, 'loss': 1.23457}, {'step': 4, 'loss': 0.5, 'val/loss': 0.7}]
   assert s['describe']['lang_pairs'] == {'en-en': 3, 'de-th': 5}
   pq = results['per_query']['pairs']
   order = np.argsort([f'q{i}' for i in range(NUM_QUESTIONS)])  # the summary's qids are sorted

@@ -40,7 +40,8 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
     {'results': the results of the run's one benchmark evaluation, eval/<benchmark>.json (langs,
      pairs, multi, summary, timing) with 'per_query' from eval/<benchmark>_per_query.npz when the
      evaluation wrote it, 'describe': the shard manifest's batch counts per kind, language and
-     language pair (None for an evaluation-only run)}.
+     language pair (None for an evaluation-only run), 'curves': the training's scalars over the
+     steps, the rows of metrics.jsonl (None if the training wrote none)}.
 
   Raises:
     FileNotFoundError: the run left no evaluation results, or several (names the files).
@@ -58,7 +59,12 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
     results['per_query'] = eval_report.read_per_query(per_query)
   manifests = [input_pipeline.read_manifest(p.parent)
                for p in sorted(workdir.glob(f'shards/*/{input_pipeline.MANIFEST}'))]
-  return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None}
+  curves = workdir / 'metrics.jsonl'  # one JSON object per write: {"step": N, "<name>": v}
+  rows = None
+  if curves.exists():
+    rows = [json.loads(line) for line in curves.read_text().splitlines() if line.strip()]
+  return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None,
+          'curves': rows}
 
 
 def per_query_ap(results: dict) -> dict | None:
@@ -187,6 +193,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
       'pairs': _rounded(results['pairs']),
       'multi': _rounded(results['multi']),
       'describe': outputs.get('describe'),
+      'curves': _rounded(outputs.get('curves')),
       'timing': _rounded({**timing, **{f'eval_{k}': v for k, v in
                                         results.get('timing', {}).items()}}, 2),
       'machine': machine(),
