@@ -267,6 +267,12 @@ def test_report_files(case, tmp_path):
   np.testing.assert_array_equal(per_query['pairs']['en-de']['qids'],
                                 results['per_query']['pairs']['en-de']['qids'])
   assert not [p for p in folder.rglob('.*')]  # no temporary files left
+  # An evaluation without top candidates and heatmap writes its JSON and per-query file only.
+  quiet = {k: v for k, v in results.items() if k not in ('top', 'trec_depth')}
+  eval_run.write_report(tmp_path, quiet, 'step5', heatmap=False)
+  assert sorted(p.name for p in folder.glob('synthetic_step5*')) == [
+      'synthetic_step5.json', 'synthetic_step5_per_query.npz']
+  assert not (folder / 'trec' / 'synthetic_step5').exists()
   text = report.table(results['summary'], 'T')
   assert text.splitlines()[0] == 'T' and 'multi' in text and 'rank dist' in text
   assert report.map_matrix(results).shape == (3, 3)

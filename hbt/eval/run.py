@@ -21,14 +21,16 @@ def make_encode_fn(module, mesh):
                  in_shardings=(None, batch, batch), out_shardings=batch)
 
 
-def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None) -> dict:
+def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None,
+                   trec_depth: int | None = None) -> dict:
   """Encodes (with encode_fn from make_encode_fn) and scores config.eval.benchmark on the mesh.
 
   Reusing one encode_fn for several evaluations (before and after training) compiles each batch
   shape once. Every process must call it (under jax.distributed too); every process gets the
-  results: those of evaluate.score (with 'per_query', and 'top' when config.eval.trec_depth > 0)
-  plus 'benchmark' and 'timing' {encode_s, score_s, tokens, tokens_per_s}. `write_report` writes
-  them.
+  results: those of evaluate.score (with 'per_query', and 'top' when the TREC depth > 0) plus
+  'benchmark', 'model' and 'timing' {encode_s, score_s, tokens, tokens_per_s}. `write_report`
+  writes them. trec_depth: candidates kept per query for the TREC run files; None:
+  config.eval.trec_depth (0 for an evaluation whose TREC files nobody needs).
   """
   if benchmark is None:
     benchmark = load_eval_benchmark(config)
@@ -39,7 +41,7 @@ def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None) -
       batch_sharding=sharding.batch_sharding(mesh), progress=config.eval.progress)
   encoded = time.perf_counter()
   results = evaluate.score(benchmark, embeddings, mesh=mesh, chunk_size=config.eval.chunk_size,
-                           top_k=config.eval.trec_depth)
+                           top_k=config.eval.trec_depth if trec_depth is None else trec_depth)
   results['benchmark'] = benchmark.name
   results['model'] = build.describe(config.model)
   results['timing'] = {'encode_s': encoded - start, 'score_s': time.perf_counter() - encoded,
@@ -56,17 +58,19 @@ def load_eval_benchmark(config):
                                 config.eval.langs or None)
 
 
-def write_report(workdir, results: dict, tag: str) -> epath.Path:
+def write_report(workdir, results: dict, tag: str, heatmap: bool = True) -> epath.Path:
   """Writes the files of one evaluation under workdir/eval; returns the JSON path.
 
-  With name = <benchmark>[_tag]: <name>.json (report.json_results), <name>.png (mAP heatmap),
-  <name>_per_query.npz (report.write_per_query) and, if results hold top candidates,
-  trec/<name>/ (report.write_trec). Call it on process 0 only.
+  With name = <benchmark>[_tag]: <name>.json (report.json_results: every figure, no arrays),
+  <name>.png (mAP heatmap, if `heatmap`), <name>_per_query.npz (report.write_per_query) and, if
+  results hold top candidates, trec/<name>/ (report.write_trec). Call it on process 0 only.
   """
   name = results['benchmark'] + (f'_{tag}' if tag else '')
   folder = io.path(workdir) / 'eval'
   io.write_json(folder / f'{name}.json', report.json_results(results))
-  report.write_heatmap(folder / f'{name}.png', results, f'{name}: mAP, query x candidate language')
+  if heatmap:
+    report.write_heatmap(folder / f'{name}.png', results,
+                         f'{name}: mAP, query x candidate language')
   report.write_per_query(folder / f'{name}_per_query.npz', results['per_query'])
   if 'top' in results:
     report.write_trec(folder / 'trec' / name, results)
