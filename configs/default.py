@@ -66,6 +66,11 @@ def get_config():
   # How languages are picked: 'uniform', 'size' (by data size) or 'temperature' (size**tau).
   config.train.lang_sampling = 'uniform'
   config.train.lang_temperature = 0.3  # tau of 'temperature' language sampling.
+  # How cross-lingual ('x_y', hybrid) and mixed ('x_x') batches pick languages: 'pair_first' draws
+  # each pair's (query, positive) languages, then an id both have (uniform over ordered language
+  # pairs under 'uniform' lang_sampling, so strategies see one language mix); 'id_first' draws ids,
+  # then languages among each id's (the mix follows id coverage: on MLQA-R most pairs hold English).
+  config.train.pair_sampling = 'pair_first'
   # Global batch: pairs per step, all in-batch negatives (paper: 100). Must split evenly over
   # the mesh's 'data' axis.
   config.train.batch_size = 32

@@ -35,6 +35,7 @@ def test_shipped_configs_validate(name):
     ('train.strategy', 'mixed', 'config.train.strategy'),
     ('train.alpha', 1.5, 'config.train.alpha'),
     ('train.lang_sampling', 'zipf', 'config.train.lang_sampling'),
+    ('train.pair_sampling', 'per_id', 'config.train.pair_sampling'),
     ('train.batch_size', 1, 'config.train.batch_size'),
     ('train.learning_rate', 0.0, 'config.train.learning_rate'),
     ('train.loss_temperature', 0.0, 'config.train.loss_temperature'),

@@ -23,6 +23,8 @@ def test_main_job_end_to_end(tiny_checkpoint, data_dir, tmp_path):
   assert 'step 6/6' in out and 'pairs/s' in out and 'ETA' in out
   summary = json.loads((tmp_path / 'eval' / 'summary.json').read_text())
   assert summary['groups']['unseen in training'] == ['th']
+  assert 'training pairs share 0 exact sentences with the' in out  # MLQA-R vs XQuAD-R
+  assert summary['sentence_overlap']['total']['shared'] == 0
   for when in ('before', 'after'):
     results = json.loads((tmp_path / 'eval' / f'xquad_r_{when}.json').read_text())
     assert len(results['pairs']) == 9 and set(results['multi']) == {'en', 'de', 'th'}
@@ -31,12 +33,18 @@ def test_main_job_end_to_end(tiny_checkpoint, data_dir, tmp_path):
   assert len(manifests) == 1
   manifest = json.loads(manifests[0].read_text())
   assert manifest['num_steps'] == 6 and sum(manifest['describe']['kinds'].values()) == 6
+  assert manifest['fields']['pair_sampling'] == 'pair_first' and 'false_negatives' in manifest
   assert list((tmp_path / 'tensorboard').iterdir())
   # A second run with the same config reuses the shards; eval mode then uses the checkpoint.
   out = runs.finish(runs.hbt_main(tmp_path, *runs.tiny(tiny_checkpoint, data_dir, 6, **{
       'eval.langs': 'en', 'mode': 'eval'})))
   assert 'xquad_r (step6)' in out
   assert len(list((tmp_path / 'shards').glob('*/manifest.json'))) == 1
+  # Training on under another alpha refuses the checkpoints, naming the field.
+  proc = runs.hbt_main(tmp_path, *runs.tiny(tiny_checkpoint, data_dir, 6, **{
+      'mode': 'train', 'train.alpha': 0.3}))
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode != 0 and 'batches.alpha: 0.5 -> 0.3' in out, out[-3000:]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp_path):

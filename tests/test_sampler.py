@@ -139,7 +139,8 @@ def test_per_pair_language_frequencies():
   # Ids 0-199 are in all three languages; en also has 400 ids of its own (size 600 vs 200).
   pairs = _pairs({'de': list(range(200)), 'en': list(range(200)) + list(range(1000, 1400)),
                   'zh': list(range(200))})
-  sampler = sampler_lib.Sampler(pairs, 100, 'x_x', lang_sampling='size', seed=9)
+  sampler = sampler_lib.Sampler(pairs, 100, 'x_x', lang_sampling='size', seed=9,
+                                pair_sampling='id_first')
   counts = collections.Counter()
   for b in _batches(sampler, 300):
     counts.update(lang for qid, lang in zip(b.ids, b.query_langs) if int(qid[2:]) < 200)
@@ -153,6 +154,56 @@ def test_per_pair_language_frequencies():
   lang_pairs = sampler_lib.describe(_batches(cross, 300))['lang_pairs']
   assert len(lang_pairs) == 6
   np.testing.assert_allclose(np.array(list(lang_pairs.values())) / 30000, 1 / 6, atol=0.02)
+
+
+def _mlqa_like(seed=0) -> pairs_lib.PairSet:
+  """MLQA-R's shape: 1,200 ids, each in English plus 1 to 3 of six other languages."""
+  rng = np.random.default_rng(seed)
+  others = ('ar', 'de', 'es', 'hi', 'vi', 'zh')
+  coverage = {lang: [] for lang in ('en',) + others}
+  for i in range(1200):
+    coverage['en'].append(i)
+    for lang in rng.choice(others, size=rng.integers(1, 4), replace=False):
+      coverage[lang].append(i)
+  return _pairs(coverage)
+
+
+def _english_share(lang_pairs: dict) -> float:
+  return sum(n for k, n in lang_pairs.items() if 'en' in k.split('-')) / sum(lang_pairs.values())
+
+
+def test_pair_first_is_uniform_over_ordered_language_pairs():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  pairs = _mlqa_like()
+  sampler = sampler_lib.Sampler(pairs, 32, 'x_y', seed=0)
+  assert sampler.pair_sampling == 'pair_first'  # the default
+  batches = _batches(sampler, 400)
+  for batch in batches:
+    assert len(set(batch.ids)) == 32
+    for qid, q, p in zip(batch.ids, batch.query_langs, batch.positive_langs):
+      assert q != p and (q, qid) in pairs.examples and (p, qid) in pairs.examples
+  counts = sampler_lib.describe(batches)['lang_pairs']
+  assert len(counts) == 42
+  assert stats.chisquare(list(counts.values())).pvalue > 0.001
+  assert abs(_english_share(counts) - 12 / 42) < 0.02
+  # x_x: one language per pair, uniform over the seven.
+  mixed = sampler_lib.describe(_batches(sampler_lib.Sampler(pairs, 32, 'x_x', seed=0), 400))
+  assert stats.chisquare(list(mixed['query_langs'].values())).pvalue > 0.001
+  # The old per-id sampling is still there, and follows id coverage: mostly English.
+  by_id = sampler_lib.Sampler(pairs, 32, 'x_y', seed=0, pair_sampling='id_first')
+  old = sampler_lib.describe(_batches(by_id, 400))['lang_pairs']
+  assert _english_share(old) > 0.45
+  assert stats.chisquare(list(old.values())).pvalue < 1e-6
+
+
+def test_pair_first_fills_a_batch_when_a_pair_runs_out():
+  # de-zh share only 3 ids; batches of 60 of 60 cross ids draw some pairs dry.
+  pairs = _pairs({'en': list(range(60)), 'de': list(range(30)), 'zh': list(range(27, 60))})
+  sampler = sampler_lib.Sampler(pairs, 60, 'x_y', seed=1)
+  for batch in _batches(sampler, 20):
+    assert sorted(batch.ids) == sorted(pairs.all_ids())
+    for qid, q, p in zip(batch.ids, batch.query_langs, batch.positive_langs):
+      assert q != p and (q, qid) in pairs.examples and (p, qid) in pairs.examples
 
 
 def test_describe():
@@ -192,6 +243,7 @@ def test_steps_per_epoch():
     ({'batch_size': 0}, 'batch_size must be a positive integer'),
     ({'batch_size': 2.5}, 'batch_size must be a positive integer'),
     ({'seed': -1}, 'seed must be'),
+    ({'pair_sampling': 'pairs'}, 'pair_sampling must be one of'),
 ])
 def test_bad_arguments(kwargs, message):
   args = {'batch_size': 8, 'strategy': 'hybrid', 'alpha': 0.5, 'lang_sampling': 'uniform',

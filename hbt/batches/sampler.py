@@ -30,6 +30,7 @@ from hbt.data.pairs import PairSet
 
 STRATEGIES = ('hybrid', 'x_x_mono', 'x_y', 'x_x', 'en_en')
 LANG_SAMPLINGS = ('uniform', 'size', 'temperature')
+PAIR_SAMPLINGS = ('pair_first', 'id_first')
 KINDS = ('mono', 'cross', 'mixed')
 ENGLISH = 'en'
 
@@ -82,10 +83,13 @@ def _pick(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return np.minimum(picked, last)  # Guards against float round-off at the top end.
 
 
-def _check_args(batch_size, strategy, alpha, lang_sampling, temperature, seed) -> None:
+def _check_args(batch_size, strategy, alpha, lang_sampling, temperature, seed,
+                pair_sampling) -> None:
   """ValueErrors naming the argument, for arguments bad regardless of the data."""
   if strategy not in STRATEGIES:
     raise ValueError(f'strategy must be one of {STRATEGIES}, got {strategy!r}')
+  if pair_sampling not in PAIR_SAMPLINGS:
+    raise ValueError(f'pair_sampling must be one of {PAIR_SAMPLINGS}, got {pair_sampling!r}')
   if lang_sampling not in LANG_SAMPLINGS:
     raise ValueError(f'lang_sampling must be one of {LANG_SAMPLINGS}, got {lang_sampling!r}')
   if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
@@ -112,14 +116,19 @@ class Sampler:
     * 'mono': one language L is drawn with the language weights (below) over the languages that may
       be chosen (all of the PairSet's, or just 'en' for en_en); then batch_size ids are drawn
       uniformly without replacement from L's ids; every pair is (L, L).
-    * 'cross': batch_size ids are drawn uniformly without replacement from the ids present in at
-      least two languages; for each, the query language is drawn with the language weights
-      restricted to the languages that have the id, then the positive language likewise from the
-      rest of them. The language mix of cross batches thus also follows the id coverage (in MLQA-R
-      every id has English, so English is on one side of many pairs).
-    * 'mixed': batch_size ids are drawn uniformly without replacement from all ids; for each, one
-      language is drawn with the language weights restricted to the languages that have the id,
-      and used for query and positive.
+    * 'cross' and 'mixed' with pair_sampling 'pair_first' (the default): each pair's (query
+      language, positive language) is drawn first, then an id that both languages have, uniformly
+      among those not yet in the batch. 'cross' draws from the ordered pairs of two different
+      languages that share an id, with weight w(q) * w(p); 'mixed' draws (L, L) with weight w(L).
+      With 'uniform' language weights the language pairs are thus uniform over the ordered pairs,
+      whatever the id coverage, so every strategy sees the same language mix. (If the ids of a
+      drawn pair run out within a batch, its remaining rows draw again among the pairs left.)
+    * 'cross' and 'mixed' with pair_sampling 'id_first' (hbt's first sampler): batch_size ids are
+      drawn uniformly without replacement (for 'cross', from the ids present in at least two
+      languages); for each, the query language is drawn with the language weights restricted to
+      the languages that have the id, then ('cross') the positive language likewise from the rest.
+      The language mix then follows the id coverage: in MLQA-R, where every id has English plus
+      1 to 3 others, English is on one side of most cross pairs.
   Language weights, by lang_sampling: 'uniform' 1; 'size' the language's number of ids;
   'temperature' that number ** temperature (0 is uniform, 1 is size).
 
@@ -134,7 +143,7 @@ class Sampler:
 
   def __init__(self, pairs: PairSet, batch_size: int, strategy: str = 'hybrid',
                alpha: float = 0.5, lang_sampling: str = 'uniform', temperature: float = 0.3,
-               seed: int = 0):
+               seed: int = 0, pair_sampling: str = 'pair_first'):
     """Precomputes per-language id index arrays and checks that every batch can be drawn.
 
     Args:
@@ -145,6 +154,7 @@ class Sampler:
       lang_sampling: one of LANG_SAMPLINGS.
       temperature: the exponent of 'temperature' sampling, finite and >= 0.
       seed: a non-negative integer.
+      pair_sampling: one of PAIR_SAMPLINGS: how 'cross' and 'mixed' batches pick languages.
 
     Raises:
       ValueError: naming the argument, for a bad strategy, alpha, lang_sampling, temperature,
@@ -152,7 +162,7 @@ class Sampler:
         for a 'mono' batch has fewer ids than batch_size (or when too few ids exist for a 'cross'
         or 'mixed' batch).
     """
-    _check_args(batch_size, strategy, alpha, lang_sampling, temperature, seed)
+    _check_args(batch_size, strategy, alpha, lang_sampling, temperature, seed, pair_sampling)
     self.pairs = pairs
     self.batch_size = int(batch_size)
     self.strategy = strategy
@@ -160,6 +170,7 @@ class Sampler:
     self.lang_sampling = lang_sampling
     self.temperature = float(temperature)
     self.seed = int(seed)
+    self.pair_sampling = pair_sampling
     self.kinds = _kinds_of(strategy, self.alpha)
 
     if not len(pairs):
@@ -183,6 +194,21 @@ class Sampler:
     self._mono = np.array([langs.index(lang) for lang in mono if lang in langs], dtype=np.int64)
     mono_weights = self._weights[self._mono]
     self._mono_probs = mono_weights / mono_weights.sum() if len(self._mono) else mono_weights
+    # pair_first: the (query, positive) language pairs of 'cross' and 'mixed' batches, each with
+    # its drawing probability and the ids both languages have.
+    self._pairs = {}
+    for kind, same in (('cross', False), ('mixed', True)):
+      pairs_ = [(a, b) for a in range(len(langs)) for b in range(len(langs))
+                if (a == b) == same and (self._member[:, a] & self._member[:, b]).any()]
+      weights = np.array([self._weights[a] * (1.0 if same else self._weights[b])
+                          for a, b in pairs_])
+      shared = [np.flatnonzero(self._member[:, a] & self._member[:, b]) for a, b in pairs_]
+      counts = np.array([len(x) for x in shared], np.int64)
+      table = np.zeros((len(shared), max(counts, default=0)), np.int64)  # pair -> its ids
+      for row, ids_ in zip(table, shared):
+        row[:len(ids_)] = ids_
+      self._pairs[kind] = (np.array(pairs_, np.int64).reshape(-1, 2), weights / weights.sum(),
+                           table, counts)
     self._check_sizes(mono)
 
   def _check_sizes(self, mono_langs: list[str]) -> None:
@@ -242,6 +268,8 @@ class Sampler:
       index = self._lang_index[lang]
       idx = index[rng.choice(len(index), size=b, replace=False)]
       q = p = np.full(b, lang)
+    elif self.pair_sampling == 'pair_first':
+      idx, q, p = self._draw_pairs_first(kind, rng)
     elif kind == 'cross':
       idx = self._cross_index[rng.choice(len(self._cross_index), size=b, replace=False)]
       weights = self._member[idx] * self._weights
@@ -253,6 +281,37 @@ class Sampler:
       q = p = _pick(self._member[idx] * self._weights, rng)
     return Batch(step=int(step), kind=kind, ids=tuple(self._ids[idx]),
                  query_langs=tuple(self._langs[q]), positive_langs=tuple(self._langs[p]))
+
+  def _draw_pairs_first(self, kind: str, rng: np.random.Generator):
+    """(ids, query langs, positive langs) of a 'cross' or 'mixed' batch, language pair first.
+
+    Every row draws a pair, then an id among the pair's; a row whose id is already in the batch
+    draws again (so its id is uniform over the pair's ids not yet used), and a row whose pair has
+    no id left draws another pair.
+    """
+    pairs, probs, shared, counts = self._pairs[kind]
+    b = self.batch_size
+    idx, pair_of = np.full(b, -1, np.int64), np.full(b, -1, np.int64)
+    used = np.zeros(len(self._ids), bool)
+    alive = np.ones(len(pairs), bool)
+    todo = np.arange(b)
+    while len(todo):
+      fresh = todo[pair_of[todo] < 0]
+      if len(fresh):
+        live = probs * alive
+        pair_of[fresh] = rng.choice(len(pairs), size=len(fresh), p=live / live.sum())
+      pair = pair_of[todo]
+      cand = shared[pair, (rng.random(len(todo)) * counts[pair]).astype(np.int64)]
+      _, first = np.unique(cand, return_index=True)
+      ok = np.zeros(len(todo), bool)
+      ok[first] = ~used[cand[first]]
+      idx[todo[ok]], used[cand[ok]] = cand[ok], True
+      todo = todo[~ok]
+      for p in np.unique(pair_of[todo]):  # pairs with no id left: their rows draw another pair
+        if used[shared[p, :counts[p]]].all():
+          alive[p] = False
+          pair_of[todo[pair_of[todo] == p]] = -1
+    return idx, pairs[pair_of, 0], pairs[pair_of, 1]
 
   def __call__(self, step: int) -> Batch:
     """Same as batch(step)."""

@@ -22,6 +22,7 @@ from hbt import sharding
 from hbt.batches import input_pipeline
 from hbt.batches import sampler as sampler_lib
 from hbt.batches import shards
+from hbt.data import overlap
 from hbt.data import pairs as pairs_lib
 from hbt.data import sources
 from hbt.data import squad_r
@@ -50,7 +51,7 @@ def make_sampler(config, pairs: pairs_lib.PairSet) -> sampler_lib.Sampler:
   """The configured batch sampler over the training pairs."""
   t = config.train
   return sampler_lib.Sampler(pairs, t.batch_size, t.strategy, t.alpha, t.lang_sampling,
-                             t.lang_temperature, config.seed)
+                             t.lang_temperature, config.seed, t.pair_sampling)
 
 
 def shard_fields(config) -> dict:
@@ -62,6 +63,7 @@ def shard_fields(config) -> dict:
   return {'train': train, 'train_langs': d.train_langs, 'val_fraction': d.val_fraction,
           'seed': config.seed, 'strategy': t.strategy, 'alpha': t.alpha,
           'lang_sampling': t.lang_sampling, 'lang_temperature': t.lang_temperature,
+          'pair_sampling': t.pair_sampling,
           'model': {'source': m.source, 'checkpoint': m.checkpoint,
                     'query_prefix': m.query_prefix, 'passage_prefix': m.passage_prefix}}
 
@@ -209,6 +211,11 @@ def run(config, workdir: str) -> dict:
   encode_fn = eval_run.make_encode_fn(model.module, mesh)
   benchmark = eval_run.load_eval_benchmark(config) if config.mode == 'all' else None
   if config.mode == 'all':
+    results['overlap'] = overlap.sentence_overlap(train_pairs, benchmark)
+    total = results['overlap']['total']
+    _print(f'training pairs share {total["shared"]} exact sentences with the {total["eval"]} of '
+           f'{benchmark.name} ({total["shared_queries"]} queries, {total["shared_candidates"]} '
+           'candidates)')
     params = jax.device_put(model.params, sharding.replicated(mesh))
     results['before'] = eval_run.evaluate_model(config, encode_fn, params, model.tokenizer, mesh,
                                                 benchmark)
@@ -267,5 +274,6 @@ def _report(workdir: pathlib.Path, results: dict, train_langs) -> None:
     eval_run.write_report(workdir, after, 'after')
     io.write_json(workdir / 'eval' / 'summary.json',
                       {'groups': {k: list(v) for k, v in groups.items()}, 'summary': summary,
+                       'sentence_overlap': results['overlap'],
                        'group_metric': evaluate.GROUP_METRIC,
                        'wall_s': results['wall_s'], 'train_s': results['train_s']})
