@@ -123,12 +123,9 @@ def mean_std(values) -> tuple[float, float, int]:
 
 
 def fmt(mean: float, std: float = float('nan'), digits: int = 3) -> str:
-  """'.800 ± .004' for figures in [0, 1]; '340 ± 12' for larger ones; '–' for none."""
+  """'.800 ± .004' (digits 3); '340 ± 12' (digits 0, e.g. rank distances); '–' for none."""
   if not np.isfinite(mean):
     return '–'
-  if abs(mean) > 1.5:
-    text = f'{mean:.0f}'
-    return text + (f' ± {std:.0f}' if np.isfinite(std) else '')
   strip = lambda x: f'{x:.{digits}f}'.replace('0.', '.', 1) if abs(x) < 1 else f'{x:.{digits}f}'
   return strip(mean) + (f' ± {strip(std)}' if np.isfinite(std) else '')
 
@@ -185,7 +182,8 @@ def table_recall(runs: Runs) -> str:
     for arm in runs.rows(d):
       group = runs.get(d, arm)
       rows.append([arm_label(runs.spec, arm)] + [
-          fmt(*mean_std(setting_values(group, s, m))[:2]) for s, m, _ in cols])
+          fmt(*mean_std(setting_values(group, s, m))[:2], digits=0 if m == 'rank_distance' else 3)
+          for s, m, _ in cols])
     parts.append(f'**{runs.label(d)}**\n\n' + _table(['strategy'] + [c[2] for c in cols], rows))
   return '\n\n'.join(parts)
 
