@@ -51,7 +51,10 @@ def get_config():
   config.model.arch = ml_collections.ConfigDict()
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.benchmark = 'xquad_r'  # Zero-shot benchmark: 'xquad_r' or 'mlqa_r'.
+  # Zero-shot benchmark: 'xquad_r', 'mlqa_r', or 'beir:<folder>', a BEIR-layout folder
+  # (corpus.jsonl, queries.jsonl, qrels/<split>.tsv: nDCG@10, Recall@100, mAP; config.mode 'eval').
+  config.eval.benchmark = 'xquad_r'
+  config.eval.beir_split = 'test'  # The qrels split of a 'beir:<folder>' benchmark.
   config.eval.langs = ''  # Comma-separated evaluation languages; '' means all of the benchmark.
   config.eval.batch_tokens = 2048  # Padded tokens per encoding batch (sets each bucket's size).
   config.eval.chunk_size = 128  # Queries scored at once against the whole pool, per device.

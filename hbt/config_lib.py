@@ -9,6 +9,7 @@ import ml_collections
 from hbt import sharding
 from hbt.batches import sampler
 from hbt.data import sources
+from hbt.eval import beir
 from hbt.model import dtype as dtype_lib
 from hbt.model import encoder
 
@@ -108,7 +109,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          'model.arch', "must be set for config.mode='dry_run' unless config.model.checkpoint is a "
          'local folder with config.json (configs/models.py sets it)', dict(m.arch))
 
-  _choice(config, 'eval.benchmark', tuple(sources.SOURCES))
+  _check_benchmark(config)
   if config.eval.langs:
     sources.validate_langs(config.eval.benchmark, config.eval.langs, field='config.eval.langs')
   _number(config, 'eval.batch_tokens', 64, integer=True)
@@ -161,6 +162,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     check_batch_split(config, num_devices)
   elif config.mode == 'dry_run':
     check_batch_split(config, config.dry_run.devices)
+
+
+def _check_benchmark(config: ml_collections.ConfigDict) -> None:
+  """config.eval.benchmark: a parallel benchmark, or 'beir:<folder>' (mode 'eval' only) whose
+  folder holds the BEIR layout for config.eval.beir_split."""
+  e = config.eval
+  folder = beir.folder_of(e.benchmark) if isinstance(e.benchmark, str) else None
+  if folder is None:
+    _choice(config, 'eval.benchmark', tuple(sources.SOURCES) + ('beir:<folder>',))
+    return
+  _check(isinstance(e.beir_split, str) and bool(e.beir_split) and '/' not in e.beir_split,
+         'eval.beir_split', 'must name a qrels file (qrels/<split>.tsv)', e.beir_split)
+  _check(config.mode in ('eval', 'dry_run'), 'eval.benchmark',
+         "'beir:<folder>' is evaluated with config.mode='eval' (the main job's before/after "
+         'tables are per language)', e.benchmark)
+  missing = [str(p) for p in beir.files(folder, e.beir_split).values() if not p.exists()]
+  _check(not missing, 'eval.benchmark', f'names a folder without {", ".join(missing)}',
+         e.benchmark)
+  _check(not e.langs, 'eval.langs', "must be empty for a 'beir:<folder>' benchmark", e.langs)
 
 
 def check_batch_split(config: ml_collections.ConfigDict, num_devices: int) -> None:

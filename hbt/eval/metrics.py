@@ -177,6 +177,52 @@ def metrics_from_ranks(ranks: jax.Array, valid: jax.Array) -> dict[str, jax.Arra
   return {name: out[name].astype(jnp.float32) for name in METRIC_NAMES}
 
 
+GRADED_CUTOFFS = {'ndcg': 10, 'recall': 100}
+GRADED_METRIC_NAMES = ('ndcg@10', 'recall@100', 'map')
+TREC_EVAL_GRADED_NAMES = {'ndcg@10': 'ndcg_cut_10', 'recall@100': 'recall_100', 'map': 'map'}
+
+
+@jax.jit
+def graded_metrics_from_ranks(ranks: jax.Array, gains: jax.Array,
+                              valid: jax.Array) -> dict[str, jax.Array]:
+  """Per query nDCG@10 (graded), Recall@100 and mAP from the ranks of the relevant candidates.
+
+  As trec_eval: the gain of a candidate is its relevance grade; the ideal DCG puts the query's
+  gains in decreasing order at the top (their order is a count too, not a sort); recall and AP
+  count every candidate of grade > 0 as relevant.
+
+  Args:
+    ranks: int32 [C, R] distinct 1-based ranks of the relevant candidates (any value where invalid).
+    gains: float32 [C, R] their grades (> 0 where valid).
+    valid: bool [C, R] which slots hold a relevant candidate.
+
+  Returns:
+    A dict of float32 [C] arrays keyed by GRADED_METRIC_NAMES; zeros for a query without relevant.
+  """
+  n_rel = jnp.sum(valid, axis=-1)
+  denominator = jnp.maximum(n_rel, 1).astype(jnp.float32)
+  rank_f = jnp.maximum(ranks, 1).astype(jnp.float32)
+  above = valid[:, None, :] & (ranks[:, None, :] < ranks[:, :, None])  # [C, R, R']
+  ap = jnp.sum(jnp.where(valid, (1 + jnp.sum(above, axis=-1)) / rank_f, 0.0), axis=-1)
+  cut = GRADED_CUTOFFS['recall']
+  out = {'map': ap / denominator,
+         f'recall@{cut}': jnp.sum(valid & (ranks <= cut), axis=-1) / denominator}
+
+  cut = GRADED_CUTOFFS['ndcg']
+  gains = jnp.where(valid, gains, 0.0).astype(jnp.float32)
+  discount = 1.0 / jnp.log2(rank_f + 1.0)
+  dcg = jnp.sum(jnp.where(valid & (ranks <= cut), gains * discount, 0.0), axis=-1)
+  r = gains.shape[1]
+  earlier = jnp.arange(r)[None, None, :] < jnp.arange(r)[None, :, None]  # [1, R, R']: r' < r
+  ahead = valid[:, None, :] & ((gains[:, None, :] > gains[:, :, None]) |
+                               ((gains[:, None, :] == gains[:, :, None]) & earlier))
+  ideal_rank = 1 + jnp.sum(ahead, axis=-1).astype(jnp.float32)  # place in the ideal ranking
+  ideal = jnp.sum(jnp.where(valid & (ideal_rank <= cut), gains / jnp.log2(ideal_rank + 1.0), 0.0),
+                  axis=-1)
+  out[f'ndcg@{cut}'] = jnp.where(ideal > 0, dcg / jnp.where(ideal > 0, ideal, 1.0), 0.0)
+  return {name: out[name].astype(jnp.float32) for name in GRADED_METRIC_NAMES}
+
+
 def _metrics_core(scores: jax.Array, relevant: jax.Array,
                   block_size: int) -> dict[str, jax.Array]:
   """Per query metrics of a chunk of queries (`metrics_from_scores`)."""

@@ -23,7 +23,12 @@ COLUMNS = (('mAP', 'ap'), ('R@1', 'recall@1'), ('R@10', 'recall@10'), ('MRR', 'm
 
 
 def table(summary: dict, title: str = '') -> str:
-  """A fixed-width table: one row per setting, metric columns plus the rank distance."""
+  """A fixed-width table: one row per setting, metric columns plus the rank distance; a BEIR
+  summary (flat {metric: mean}) as one row of its metrics."""
+  if summary and all(isinstance(v, float) for v in summary.values()):
+    head = f"{'':<8}" + ''.join(f'{name:>12}' for name in summary)
+    row = f"{'all':<8}" + ''.join(f'{value:>12.4f}' for value in summary.values())
+    return '\n'.join(([title] if title else []) + [head, row])
   head = f"{'setting':<8}" + ''.join(f'{name:>9}' for name, _ in COLUMNS) + f"{'rank dist':>11}"
   lines = [title, head] if title else [head]
   for setting in ('mono', 'cross', 'multi'):

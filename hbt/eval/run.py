@@ -9,6 +9,7 @@ import jax
 from hbt import io
 from hbt import sharding
 from hbt.data import squad_r
+from hbt.eval import beir
 from hbt.eval import evaluate
 from hbt.eval import report
 from hbt.model import build
@@ -34,6 +35,12 @@ def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None,
   """
   if benchmark is None:
     benchmark = load_eval_benchmark(config)
+  if isinstance(benchmark, beir.BeirSet):
+    return dict(beir.evaluate_model(encode_fn, params, tokenizer, benchmark,
+                                    batch_tokens=config.eval.batch_tokens, mesh=mesh,
+                                    chunk_size=config.eval.chunk_size,
+                                    progress=config.eval.progress),
+                model=build.describe(config.model))
   start = time.perf_counter()
   embeddings, tokens = evaluate.encode_benchmark(
       encode_fn, params, tokenizer, benchmark,
@@ -53,7 +60,11 @@ def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None,
 
 
 def load_eval_benchmark(config):
-  """The configured evaluation benchmark (all or config.eval.langs languages)."""
+  """The configured evaluation benchmark (all or config.eval.langs languages), or the
+  config.eval.beir_split split of a 'beir:<folder>' benchmark (a beir.BeirSet)."""
+  folder = beir.folder_of(config.eval.benchmark)
+  if folder is not None:
+    return beir.load(folder, config.eval.beir_split)
   return squad_r.load_benchmark(config.eval.benchmark, config.data.dir or None,
                                 config.eval.langs or None)
 
@@ -68,7 +79,7 @@ def write_report(workdir, results: dict, tag: str, heatmap: bool = True) -> epat
   name = results['benchmark'] + (f'_{tag}' if tag else '')
   folder = io.path(workdir) / 'eval'
   io.write_json(folder / f'{name}.json', report.json_results(results))
-  if heatmap:
+  if heatmap and 'pairs' in results:  # a parallel benchmark (not BEIR)
     report.write_heatmap(folder / f'{name}.png', results,
                          f'{name}: mAP, query x candidate language')
   report.write_per_query(folder / f'{name}_per_query.npz', results['per_query'])
