@@ -50,7 +50,8 @@ def test_tables_hold_means_and_stds_over_seeds(summaries, tmp_path):
   assert _row(text, 'zero-shot')[1] == report.fmt(zero['summary']['all']['mono']['ap'])
   # Per-language tables: the unseen language last and marked; the language mix from the counts.
   assert '| strategy | en | de | th* |' in text
-  assert '75%' in _row(text.split('### Language mix')[1], 'X-Y')[2]
+  assert _row(text.split('### Language mix')[1], 'X-Y')[2:4] == ['75%', '75%']
+  assert _row(text.split('### Language mix')[1], 'X-Y')[5] == '0.8'  # false negatives / batch
   for png in ('toy_map.png', 'toy_langmix.png'):
     assert (tmp_path / 'docs' / 'results' / png).stat().st_size > 1000
 

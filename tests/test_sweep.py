@@ -85,7 +85,8 @@ def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
     english = {'x_x_mono': 1, 'x_y': 6}.get(run['arm'], 3)
     manifest = {'describe': {'kinds': {'mono': 2, 'cross': 2}, 'lang_pairs': {
         'en-en': english, 'de-th': 8 - english}, 'query_langs': {'en': english, 'de': 8 - english},
-                             'positive_langs': {'en': english, 'th': 8 - english}}}
+                             'positive_langs': {'en': english, 'th': 8 - english}},
+                'false_negatives': {'masked': 3, 'per_batch': 0.75}}
     (workdir / 'shards' / 'abc').mkdir(parents=True)
     (workdir / 'shards' / 'abc' / 'manifest.json').write_text(json.dumps(manifest))
     (workdir / 'metrics.jsonl').write_text('{"step": 2, "loss": 1.23456789}\n'
@@ -197,6 +198,7 @@ def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):
   assert s['timing']['train_s'] == 60.0 and s['machine']['cores'] >= 1
   assert s['curves'] == [{'step': 2, 'loss': 1.23457}, {'step': 4, 'loss': 0.5, 'val/loss': 0.7}]
   assert s['describe']['lang_pairs'] == {'en-en': 3, 'de-th': 5}
+  assert s['false_negatives'] == {'masked': 3, 'per_batch': 0.75}
   pq = results['per_query']['pairs']
   order = np.argsort([f'q{i}' for i in range(NUM_QUESTIONS)])  # the summary's qids are sorted
   assert s['per_query']['qids'] == sorted(f'q{i}' for i in range(NUM_QUESTIONS))

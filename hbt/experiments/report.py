@@ -248,17 +248,20 @@ def table_language_mix(runs: Runs) -> str:
   for d in runs.directions:
     rows = []
     for arm in runs.arms:
-      mix = language_mix(runs.get(d, arm))
+      group = runs.get(d, arm)
+      mix = language_mix(group)
       if mix is None:
         continue
       top = sorted(mix['query'].items(), key=lambda kv: -kv[1])
+      masked = mean_std([(s.get('false_negatives') or {}).get('per_batch') for s in group])[0]
       rows.append([arm_label(runs.spec, arm), f'{mix["pairs"]:,}', f'{mix["with_english"]:.0%}',
                    f'{mix["same_language"]:.0%}', str(mix['distinct_pairs']),
+                   '–' if not np.isfinite(masked) else f'{masked:.1f}',
                    ', '.join(f'{k} {v:.0%}' for k, v in top)])
     if rows:
       parts.append(f'**{runs.label(d)}**\n\n' + _table(
           ['strategy', 'pairs', 'with English', 'same language', 'language pairs',
-           'query languages'], rows))
+           'false negatives masked / batch', 'query languages'], rows))
   return '\n\n'.join(parts) if parts else 'No language counts in the summaries.'
 
 

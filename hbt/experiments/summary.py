@@ -40,7 +40,8 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
     {'results': the results of the run's one benchmark evaluation, eval/<benchmark>.json (langs,
      pairs, multi, summary, timing) with 'per_query' from eval/<benchmark>_per_query.npz when the
      evaluation wrote it, 'describe': the shard manifest's batch counts per kind, language and
-     language pair (None for an evaluation-only run), 'curves': the training's scalars over the
+     language pair and 'false_negatives': the in-batch candidates the loss masked (both None for
+     an evaluation-only run), 'curves': the training's scalars over the
      steps, the rows of metrics.jsonl (None if the training wrote none)}.
 
   Raises:
@@ -63,8 +64,9 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
   rows = None
   if curves.exists():
     rows = [json.loads(line) for line in curves.read_text().splitlines() if line.strip()]
-  return {'results': results, 'describe': manifests[-1]['describe'] if manifests else None,
-          'curves': rows}
+  manifest = manifests[-1] if manifests else {}
+  return {'results': results, 'describe': manifest.get('describe'),
+          'false_negatives': manifest.get('false_negatives'), 'curves': rows}
 
 
 def per_query_ap(results: dict) -> dict | None:
@@ -193,6 +195,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
       'pairs': _rounded(results['pairs']),
       'multi': _rounded(results['multi']),
       'describe': outputs.get('describe'),
+      'false_negatives': outputs.get('false_negatives'),
       'curves': _rounded(outputs.get('curves')),
       'timing': _rounded({**timing, **{f'eval_{k}': v for k, v in
                                         results.get('timing', {}).items()}}, 2),
