@@ -78,7 +78,8 @@ def test_paired_tests_and_headline_are_computed(summaries, tmp_path):
   text = report.render(runs, 'runs', 'out.md', tmp_path, 'results')
   headline = text.split('### Headline (computed)')[1].split('###')[0]
   assert 'hybrid (α' not in headline  # the toy arms carry no alpha override
-  assert 'hybrid beat X-X-mono (higher in: mono, cross, multi; lower in: none)' in headline
+  assert ('hybrid beat X-X-mono (higher in: mono, cross, multi; lower in: none; seeds 3 and 3)'
+          in headline)
   assert 'hybrid did not differ significantly from hybrid_twin' in headline
 
 
@@ -98,3 +99,16 @@ def test_rebuild_replaces_only_its_section(summaries, tmp_path):
 def test_no_summaries_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no run summaries'):
     report.load(tmp_path)
+
+
+@pytest.mark.parametrize('diff, p, noise, word', [
+    (0.02, 0.001, 0.005, 'higher; seed-to-seed std .005'),
+    (-0.02, 0.001, float('nan'), 'lower; seed noise unknown (one seed)'),
+    (0.004, 0.001, 0.005, 'significant over questions but within the seed noise'),
+    (0.02, 0.2, 0.005, 'no significant difference'),
+    (0.02, None, 0.005, 'untested'),
+])
+def test_verdict_weighs_the_test_and_the_seed_noise(diff, p, noise, word):
+  c = {'diff': diff, 'p_value': p, 'noise': noise}
+  assert report.verdict(c).startswith(word)
+  assert report.decisive(c, 1 if diff > 0 else -1) == word.startswith(('higher', 'lower'))

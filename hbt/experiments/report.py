@@ -160,7 +160,8 @@ def table_one(runs: Runs) -> str:
     head += [f'{bench_name(runs.get_any(d)["benchmark"])} {s}' for s in SETTINGS]
   head.append('seeds')
   rows = []
-  for arm in [ZERO_SHOT] + runs.arms:
+  zero = [ZERO_SHOT] if any(runs.get(d, ZERO_SHOT) for d in runs.directions) else []
+  for arm in zero + runs.arms:
     row, seeds = [arm_label(runs.spec, arm)], set()
     for d in runs.directions:
       group = runs.get(d, arm)
@@ -288,8 +289,9 @@ def contrast(runs: Runs, direction: str, a: str, b: str, setting: str) -> dict:
   ra, rb = runs.get(direction, a), runs.get(direction, b)
   ma, sa, na = mean_std(setting_values(ra, setting, 'ap'))
   mb, sb, nb = mean_std(setting_values(rb, setting, 'ap'))
+  stds = [x for x in (sa, sb) if np.isfinite(x)]
   out = {'diff': ma - mb, 'std_a': sa, 'std_b': sb, 'seeds': (na, nb), 'p_value': None,
-         'ci95': None, 'queries': 0}
+         'ci95': None, 'queries': 0, 'noise': max(stds) if stds else float('nan')}
   qa, qb = question_ap(ra, setting), question_ap(rb, setting)
   if qa and qb:
     common = sorted(set(qa) & set(qb))
@@ -300,19 +302,29 @@ def contrast(runs: Runs, direction: str, a: str, b: str, setting: str) -> dict:
   return out
 
 
+def decisive(c: dict, sign: int) -> bool:
+  """Whether a's difference over b has `sign`, with p < ALPHA and beyond the seed-to-seed std.
+
+  With one seed per arm the seed noise is unknown and only the test over questions decides.
+  """
+  return (c['p_value'] is not None and c['p_value'] < ALPHA and sign * c['diff'] > 0
+          and not abs(c['diff']) <= c['noise'])
+
+
 def verdict(c: dict) -> str:
-  """'higher' / 'lower' (p < ALPHA), or 'no significant difference'; plus the noise check."""
-  noise = np.nanmax([c['std_a'], c['std_b']]) if np.isfinite([c['std_a'], c['std_b']]).any() \
-      else float('nan')
+  """'higher' / 'lower' (decisive), or why not; plus the seed-noise comparison."""
   if c['p_value'] is None:
     word = 'untested (no per-query AP)'
-  elif c['p_value'] < ALPHA:
+  elif decisive(c, 1) or decisive(c, -1):
     word = 'higher' if c['diff'] > 0 else 'lower'
+  elif c['p_value'] < ALPHA:
+    word = 'significant over questions but within the seed noise'
   else:
     word = 'no significant difference'
-  if np.isfinite(noise):
-    word += ('; larger than' if abs(c['diff']) > noise else '; within') + \
-        f' the seed-to-seed std ({fmt(noise)})'
+  if np.isfinite(c['noise']):
+    word += f'; seed-to-seed std {fmt(c["noise"])}'
+  else:
+    word += '; seed noise unknown (one seed)'
   return word
 
 
@@ -353,12 +365,10 @@ def headline(runs: Runs) -> str:
       cs = {s: contrast(runs, d, a, b, s) for s in SETTINGS}
       parts = [f'{s} {_signed(c["diff"])} ({verdict(c)}; p {_p(c["p_value"])})'
                for s, c in cs.items()]
-      significant = lambda c, sign: (c['p_value'] is not None and c['p_value'] < ALPHA
-                                     and sign * c['diff'] > 0)
-      wins = [s for s, c in cs.items() if significant(c, 1)]
-      losses = [s for s, c in cs.items() if significant(c, -1)]
+      wins = [s for s, c in cs.items() if decisive(c, 1)]
+      losses = [s for s, c in cs.items() if decisive(c, -1)]
       if cs['mono']['p_value'] is None:
-        outcome = 'untested'
+        outcome = 'could not be tested (no per-query AP) against'
       elif wins and not losses:
         outcome = 'beat'
       elif losses and not wins:
@@ -369,7 +379,8 @@ def headline(runs: Runs) -> str:
         outcome = 'did not differ significantly from'
       lines.append(f'- **{runs.label(d)}**: {arm_label(runs.spec, a)} {outcome} '
                    f'{arm_label(runs.spec, b)} (higher in: {", ".join(wins) or "none"}; lower in: '
-                   f'{", ".join(losses) or "none"}). mAP differences: {"; ".join(parts)}.')
+                   f'{", ".join(losses) or "none"}; seeds {cs["mono"]["seeds"][0]} and '
+                   f'{cs["mono"]["seeds"][1]}). mAP differences: {"; ".join(parts)}.')
   return '\n'.join(lines) if lines else '- No contrast has runs of both arms yet.'
 
 
@@ -469,7 +480,8 @@ def _header(runs: Runs, runs_dir: str, out: str) -> str:
       f'- Seeds: {", ".join(map(str, seeds)) or "none yet"}; trained runs: {len(trained)}'
       + (f' of {expected}' if expected else '') + '. Mean ± std over seeds; zero-shot is one '
       'evaluation of the pretrained model per dataset.',
-      f'- Wall time per run: training {fmt(*train_s[:2])} s, evaluation {fmt(*eval_s[:2])} s; '
+      f'- Wall time per run: training {fmt(*train_s[:2], digits=0)} s, evaluation '
+      f'{fmt(*eval_s[:2], digits=0)} s; '
       f'{total_h:.1f} h in all. Machines: {"; ".join(machines) or "–"}.',
   ]
   return '\n'.join(lines)
