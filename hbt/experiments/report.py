@@ -39,9 +39,11 @@ PAIRED_TESTS = (
     'parallel id): its AP averaged over the languages it is asked in (and, for cross, over the '
     'target languages), since the translations of one question are not independent queries. The '
     'test is the two-sided sign-flip permutation test of the mean difference over questions '
-    '(10,000 sign patterns, hbt/experiments/stats.py), with a 95% bootstrap interval. Verdicts '
-    f'use p < {ALPHA}, not corrected for the number of tests; Δ mAP is the difference of the '
-    'macro-averaged mAP of the tables, the seed std that of each arm over its seeds.')
+    '(10,000 sign patterns, hbt/experiments/stats.py), with a 95% bootstrap interval. A verdict '
+    f'"higher" or "lower" needs p < {ALPHA} (not corrected for the number of tests) and a '
+    'difference larger than the seed-to-seed std of either arm (known from two seeds on). Δ mAP '
+    'is the difference of the macro-averaged mAP of the tables; the seed std is that of each '
+    "arm's mAP over its seeds.")
 
 
 # ----------------------------------------------------------------------------------- loading
