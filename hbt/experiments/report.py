@@ -15,7 +15,6 @@ The paired tests are described in PAIRED_TESTS.
 
 import collections
 import io as std_io
-import json
 import pathlib
 import re
 import sys
