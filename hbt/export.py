@@ -15,9 +15,8 @@ step number). The folder holds:
                                    as its 'query' and 'document' prompts.
 """
 
-import collections
 import os
-import re
+import struct
 
 from absl import app
 from absl import flags
@@ -76,34 +75,67 @@ def hf_config(arch: encoder.Arch, tokenizer: tokenizers.Tokenizer) -> dict:
   return config
 
 
-def char_map_normalizer(char_map: dict[int, str]) -> normalizers.Normalizer:
-  """A tokenizers normalizer that applies a per-codepoint map, as `str.translate` does.
+def precompiled_charsmap(char_map: dict[int, str]) -> bytes:
+  """A per-codepoint map in SentencePiece's precompiled form, which tokenizers' Precompiled reads.
 
-  One Replace per distinct replacement, over a character class of the codepoints that map to it
-  (no replacement contains a mapped codepoint, so the order does not matter; checked).
+  The form: the byte size of a darts-clone double-array trie (uint32), the trie, then the
+  NUL-terminated replacement strings; the trie maps the UTF-8 bytes of each codepoint to the offset
+  of its replacement. Each 32-bit unit holds a label (bits 0-7), a has-leaf flag (bit 8) and the
+  XOR offset of its children (bits 10-30); a value unit has bit 31 set. A node's children are at
+  base ^ label, its value at base ^ 0, with base = position ^ offset (one node per base).
   """
-  by_output = collections.defaultdict(list)
+  strings, offsets = bytearray(), {}
+  for text in sorted(set(char_map.values())):
+    offsets[text] = len(strings)
+    strings += text.encode('utf-8') + b'\0'
+  root = {}
   for codepoint, text in char_map.items():
-    if any(char_map.get(ord(c), c) != c for c in text):
-      raise ValueError(f'char_map: the replacement {text!r} of U+{codepoint:04X} holds a mapped '
-                       'character; one pass of Replace normalizers cannot express it')
-    if text != chr(codepoint):
-      by_output[text].append(chr(codepoint))
-  return normalizers.Sequence([
-      normalizers.Replace(tokenizers.Regex('[' + ''.join(re.escape(c) for c in chars) + ']'), text)
-      for text, chars in sorted(by_output.items())])
+    node = root
+    for byte in chr(codepoint).encode('utf-8'):
+      node = node.setdefault(byte, {})
+    node[None] = offsets[text]
+  units, used_bases, queue = [0] * 256, set(), [(0, root)]
+  taken = bytearray(b'\1' + bytes(255))  # units in use (position 0 is the root), searched in C
+  for pos, node in queue:  # breadth first; the queue grows as children are placed
+    labels = sorted(k for k in node if k is not None)
+    slots = ([0] if None in node else []) + labels
+    p = taken.find(0)
+    while True:  # the first free base whose slots are all free
+      if p < 0:
+        p = len(units)
+        units.extend([0] * 256)
+        taken.extend(bytes(256))
+      base = p ^ slots[0]
+      if base not in used_bases and pos ^ base < 1 << 21 and all(
+          base ^ c and not taken[base ^ c] for c in slots):
+        break
+      p = taken.find(0, p + 1)
+    used_bases.add(base)
+    units[pos] |= (pos ^ base) << 10
+    if None in node:
+      units[pos] |= 1 << 8
+      units[base] = node[None] | 1 << 31
+      taken[base] = 1
+    for c in labels:
+      units[base ^ c] = c
+      taken[base ^ c] = 1
+      queue.append((base ^ c, node[c]))
+  trie = struct.pack(f'<{len(units)}I', *units)
+  return struct.pack('<I', len(trie)) + trie + bytes(strings)
 
 
 def standalone_tokenizer(text_tok: tokenizer_lib.TextTokenizer) -> tokenizers.Tokenizer:
   """The tokenizers.Tokenizer alone, with text_tok.char_map folded in front of its normalizer.
 
-  What remains different from hbt: a run of several characters unknown to a Unigram vocabulary is
-  one <unk> here (tokenizers, as HF's XLM-R tokenizer does) and one <unk> per character in hbt
-  (SentencePiece, `split_unk_id`).
+  The map goes in as a Precompiled normalizer, as in HF's own XLM-R tokenizer.json. What remains
+  different from hbt: a run of several characters unknown to a Unigram vocabulary is one <unk> here
+  (tokenizers, as HF's XLM-R tokenizer does) and one <unk> per character in hbt (SentencePiece,
+  `split_unk_id`); and tokenizers looks the map up per grapheme, so a mapped character followed by
+  combining marks in one grapheme is replaced with them.
   """
   tok = tokenizers.Tokenizer.from_str(text_tok.tokenizer.to_str())
   if text_tok.char_map:
-    steps = [char_map_normalizer(text_tok.char_map)]
+    steps = [normalizers.Precompiled(precompiled_charsmap(text_tok.char_map))]
     if tok.normalizer is not None:
       steps.append(tok.normalizer)
     tok.normalizer = normalizers.Sequence(steps)

