@@ -178,8 +178,14 @@ def test_eight_devices_equal_one_device():
 
 @pytest.mark.parametrize('hard,dropout', [(0, 0.0), (1, 0.3)])
 def test_grad_cache_accumulation_equals_full_batch(hard, dropout):
-  """Per-example dropout masks: the equality holds with dropout on, too."""
+  """Per-example dropout masks: the equality holds with dropout on, too (and with positive
+  groups: the mask is taken over the global batch, across micro-batches)."""
   batches = [make_batch(hard=hard, seed=3)]
+  groups = np.arange(16, dtype=np.int32)
+  groups[[1, 2, 12]] = 1  # rows of micro-batches 1, 2 and 0
+  batches[0]['positive_group'] = groups
+  if hard:
+    batches[0]['negative_group'] = np.where(np.arange(16) == 5, 1, -1)[:, None].astype(np.int32)
   full, mf = run_steps(jax.devices()[:1], train_config(), batches, dropout=dropout)
   accum, ma = run_steps(jax.devices()[:1], train_config(grad_accum_steps=4), batches,
                         dropout=dropout)

@@ -15,7 +15,8 @@ Strategies:
   * 'en_en': every batch 'mono' in English.
 
 No two pairs of a batch share a parallel id (a shared id would make a translation of the positive an
-in-batch false negative). The texts come from the PairSet: query(q_lang, id), positive(p_lang, id)
+in-batch false negative). Distinct ids can still share an answer sentence: the loss masks those
+(positive groups, see hbt.data.pairs). The texts come from the PairSet: query(q_lang, id), positive(p_lang, id)
 (and, if used, negatives(p_lang, id)); `batch_texts` looks them up.
 """
 
