@@ -209,8 +209,34 @@ def export(out, module: encoder.Encoder, params: dict,
     io.write_atomic(out / '2_Dense' / 'model.safetensors', safetensors.numpy.save(dense))
 
 
+# config.model fields the run recorded (checkpoints/run_fields.json, hbt.train.checkpoint) that
+# the export must share: the model restored, and the prefixes that become the prompts.
+_RUN_MODEL_FIELDS = {('batches', 'model', k): k for k in ('source', 'checkpoint', 'query_prefix',
+                                                          'passage_prefix')}
+_RUN_MODEL_FIELDS[('model', 'pooling')] = 'pooling'
+_ABSENT = object()
+
+
+def check_run_fields(config, workdir) -> None:
+  """Raises ValueError if config.model differs from what the run in workdir recorded."""
+  path = checkpoint.checkpoint_dir(workdir) / checkpoint.RUN_FIELDS
+  if not path.exists():
+    return
+  recorded, diff = io.read_json(path), []
+  for keys, field in _RUN_MODEL_FIELDS.items():
+    value = recorded
+    for key in keys:
+      value = value.get(key, _ABSENT) if isinstance(value, dict) else _ABSENT
+    if value is not _ABSENT and value != config.model[field]:
+      diff.append(f'config.model.{field}: {value!r} in the run, {config.model[field]!r} here')
+  if diff:
+    raise ValueError(f'--config does not match the run in {workdir} ({path}): {"; ".join(diff)}. '
+                     'Pass the config file and overrides the run used.')
+
+
 def trained_params(config, workdir, step: str = 'latest') -> tuple[build.Model, dict, int]:
   """(the pretrained model of config.model, the params of the run's checkpoint, its step)."""
+  check_run_fields(config, workdir)
   model = build.load(config.model)
   mesh = sharding.make_mesh(config.mesh)
   tx = step_lib.make_optimizer(config.train)

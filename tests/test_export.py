@@ -254,3 +254,21 @@ def test_cli_without_a_checkpoint_says_so(tmp_path):
   config.model.source, config.model.checkpoint = 'hf', str(folder)
   with pytest.raises(FileNotFoundError, match=r'checkpoints holds no checkpoint for --step=best'):
     export.trained_params(config, tmp_path / 'run', 'best')
+
+
+def test_config_must_match_the_run(tmp_path):
+  """The run's recorded model fields (run_fields.json) guard against exporting with another config."""
+  folder = tmp_path / 'e5'
+  folder.mkdir()
+  test_weights.write_checkpoint(folder, 'e5')
+  config = default.get_config()
+  config.model.source, config.model.checkpoint = 'hf', str(folder)
+  recorded = {'batches': {'model': {'source': 'hf', 'checkpoint': str(folder),
+                                    'query_prefix': 'query: ', 'passage_prefix': 'passage: '}},
+              'model': {'pooling': 'auto', 'dropout_rate': 0.1}}
+  checkpoint.bind_fields(tmp_path / 'run', recorded)
+  export.check_run_fields(config, tmp_path / 'run')  # the same: passes
+  config.model.query_prefix, config.model.pooling = 'q: ', 'cls'
+  with pytest.raises(ValueError, match=r"config.model.query_prefix: 'query: ' in the run, 'q: ' "
+                                       r"here; config.model.pooling: 'auto' in the run, 'cls'"):
+    export.trained_params(config, tmp_path / 'run')
