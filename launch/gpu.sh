@@ -33,7 +33,8 @@ case $command in
     fi
     cd "$REPO"
     # Fail early, and clearly, when JAX would fall back to the CPU.
-    run "${gpu_env[@]}" "$PYTHON" -c 'import jax; n = jax.device_count("gpu"); print(f"{n} GPUs:", jax.devices())'
+    run "${gpu_env[@]}" "$PYTHON" -c \
+      'import jax; n = jax.device_count("gpu"); print(f"{n} GPUs:", jax.devices())'
     run "${gpu_env[@]}" "$PYTHON" -m hbt.main --config="$CONFIG" --workdir="$workdir" "$@" ;;
   *) die "unknown command '$command'" ;;
 esac

@@ -86,7 +86,7 @@ lines() {  # RUNS_FILE ROOT [flags...]
   local per_host=() args=()
   for i in "${!names[@]}"; do
     local h=$((i % ${#hosts[@]}))
-    # Sequential on the host; a failed run does not stop the next; the host's status says if any did.
+    # In sequence on the host; a failed run does not stop the next; the exit status says if any did.
     per_host[$h]="${per_host[$h]:-failed=0}; ${commands[$i]% } || failed=1"
   done
   for h in "${!hosts[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cloud TPU VM (single host or pod slice): create, install, run on all workers, fetch, delete.
 #
-#   launch/tpu_vm.sh [--dry-run] create  NAME ZONE ACCELERATOR   # e.g. v4-32; VERSION=... for the image
+#   launch/tpu_vm.sh [--dry-run] create  NAME ZONE ACCELERATOR   # e.g. v4-32; VERSION: the image
 #   launch/tpu_vm.sh [--dry-run] install NAME ZONE               # this repo's HEAD, pip, jax[tpu]
 #   launch/tpu_vm.sh [--dry-run] run     NAME ZONE WORKDIR [--config.x=y ...]
 #   launch/tpu_vm.sh [--dry-run] fetch   NAME ZONE WORKDIR DEST  # eval/ and tensorboard/ back here

