@@ -2,17 +2,37 @@
 
 Defaults are sized for a 2-core CPU (about 20 minutes end to end). The paper-scale settings are in
 the comments of the fields they change; `configs/paper.py` sets them all.
+
+Variants (big_vision style): `--config=configs/default.py:eval=mlqa_r` passes 'eval=mlqa_r' to
+`get_config`; see its docstring.
 """
 
 import ml_collections
 
+from configs import common
 
-def get_config():
-  """The default config; variants import it and change a few fields."""
+# The zero-shot benchmark -> the training pairs that keep it zero-shot (the other benchmark).
+TRAIN_FOR_EVAL = {'xquad_r': 'mlqa_r', 'mlqa_r': 'xquad_r'}
+
+
+def get_config(arg=None):
+  """The default config; `arg` selects a variant, e.g. 'eval=mlqa_r'.
+
+  Args:
+    arg: comma-separated key=value items:
+      eval: the zero-shot benchmark evaluator, 'xquad_r' (default; training on MLQA-R) or
+        'mlqa_r' (training on XQuAD-R).
+  """
+  arg = common.parse_arg(arg, eval='xquad_r')
+  if arg.eval not in TRAIN_FOR_EVAL:
+    raise ValueError(f'config argument eval={arg.eval!r} must be one of '
+                     f'{", ".join(TRAIN_FOR_EVAL)}')
   config = ml_collections.ConfigDict()
-  # What to run: 'all' (prepare if needed, eval before, train, eval after), 'prepare', 'train',
-  # 'eval' (zero-shot evaluation of config.model, or of the latest checkpoint in workdir) or
-  # 'dry_run' (compile the train step for config.model.arch on simulated devices, no weights).
+  # What to run: 'all' (prepare if needed, train with every evaluator of config.evals, then the
+  # first and last step's tables), 'prepare' (shards only), 'train' (train or resume, with the
+  # validation evaluators only), 'eval' (the benchmark evaluators once, on the latest checkpoint
+  # in workdir, else on config.model) or 'dry_run' (compile the train step for config.model.arch
+  # on simulated devices, no weights).
   config.mode = 'all'
   config.seed = 0  # Seeds the batch sampler, the validation split, dropout and random init.
 
@@ -20,7 +40,7 @@ def get_config():
   # Directory holding xquad-r/ and mlqa-r/; '' means $HBT_DATA_DIR, then a download cache.
   config.data.dir = ''
   # Training pairs: a benchmark name ('mlqa_r', 'xquad_r') or the path of a JSONL pairs file.
-  config.data.train = 'mlqa_r'
+  config.data.train = TRAIN_FOR_EVAL[arg.eval]
   # Comma-separated training languages; '' means every language of config.data.train.
   config.data.train_langs = ''
   # Fraction of parallel ids held out for validation (loss and a small mAP).
@@ -51,11 +71,13 @@ def get_config():
   config.model.arch = ml_collections.ConfigDict()
 
   config.eval = ml_collections.ConfigDict()
-  # Zero-shot benchmark: 'xquad_r', 'mlqa_r', or 'beir:<folder>', a BEIR-layout folder
-  # (corpus.jsonl, queries.jsonl, qrels/<split>.tsv: nDCG@10, Recall@100, mAP; config.mode 'eval').
-  config.eval.benchmark = 'xquad_r'
+  # The zero-shot benchmark (evaluator evals.zero_shot; --config.mode=eval): 'xquad_r', 'mlqa_r',
+  # or 'beir:<folder>', a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv:
+  # nDCG@10, Recall@100, mAP; config.mode 'eval' only).
+  config.eval.benchmark = arg.eval
   config.eval.beir_split = 'test'  # The qrels split of a 'beir:<folder>' benchmark.
-  config.eval.langs = ''  # Comma-separated evaluation languages; '' means all of the benchmark.
+  config.eval.langs = ''  # Its comma-separated languages; '' means all of the benchmark.
+  # How every benchmark evaluator encodes and scores:
   config.eval.batch_tokens = 2048  # Padded tokens per encoding batch (sets each bucket's size).
   config.eval.chunk_size = 128  # Queries scored at once against the whole pool, per device.
   # Candidates per query in the TREC run files written with each evaluation (eval/trec/); 0: none.
@@ -92,11 +114,23 @@ def get_config():
   config.train.grad_accum_steps = 1  # Split each global batch into this many micro-batches.
   config.train.max_query_length = 48  # Query tokens (specials included) in training batches.
   config.train.max_passage_length = 96  # Positive / negative tokens in training batches.
-  config.train.checkpoint_every = 50  # Steps between checkpoints.
+  config.train.checkpoint_every = 50  # Steps between checkpoints (orbax also saves the last).
   config.train.keep_checkpoints = 2  # Recent checkpoints kept (the best by val loss is kept too).
-  config.train.val_every = 50  # Steps between validations.
-  config.train.val_batches = 4  # Validation batches of batch_size pairs (loss).
-  config.train.log_every = 10  # Steps between metric writes / console lines.
+  config.train.log_every = 10  # Steps between training metric writes (console, TensorBoard, JSON).
+  config.train.profile_steps = 0  # Steps the JAX profiler traces from step 5 (TensorBoard); 0: off.
+
+  # Evaluators, by name (types in hbt/eval/evaluators.py). Each runs at step 0, every `every` steps
+  # (0: never in between) and at the last step; its values go to TensorBoard and metrics.jsonl.
+  config.evals = ml_collections.ConfigDict()
+  # The zero-shot benchmark: type and langs are config.eval.benchmark and config.eval.langs.
+  config.evals.zero_shot = ml_collections.ConfigDict({
+      'type': config.eval.get_ref('benchmark'), 'every': 0, 'langs': config.eval.get_ref('langs')})
+  # More benchmarks: e.g. config.evals.mlqa_r = {'type': 'mlqa_r', 'every': 0, 'langs': ''}.
+  # Validation loss and in-batch accuracy over `batches` fixed batches of held-out ids.
+  config.evals.val = ml_collections.ConfigDict({'type': 'val_loss', 'every': 50, 'batches': 4})
+  # mAP (mono, cross, multi) of retrieval among at most max_ids held-out ids (0: all).
+  config.evals.val_map = ml_collections.ConfigDict({'type': 'val_map', 'every': 50,
+                                                    'max_ids': 200})
 
   config.mesh = ml_collections.ConfigDict()
   # Mesh axes: the global batch is split over data x fsdp (every pair sees all others as

@@ -10,9 +10,9 @@ configs/xquad.py. The global batch must split over the mesh's 'data' axis: 100 r
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   """The paper's setting; training pairs from MLQA-R unless config.data.train names a JSONL."""
-  config = default.get_config()
+  config = default.get_config(arg)
   config.model.source = 'hf'
   config.model.checkpoint = 'xlm-roberta-base'  # paper: XLM-R base (one of its encoders).
   # paper: queries and passages are prefixed "Query:" and "Passage:"; hbt joins prefix and text
@@ -32,7 +32,8 @@ def get_config():
   config.train.freeze_embeddings = False  # hbt: the whole encoder is fine-tuned.
   config.train.max_passage_length = 256  # hbt.
   config.train.checkpoint_every = 1_000
-  config.train.val_every = 500
+  config.evals.val.every = 500
+  config.evals.val_map.every = 500
   config.train.keep_checkpoints = 3
   config.train.log_every = 50
   config.eval.batch_tokens = 32_768

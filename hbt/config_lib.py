@@ -141,10 +141,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          f'must divide config.train.batch_size={t.batch_size}', t.grad_accum_steps)
   _number(config, 'train.max_query_length', 8, 512, integer=True)
   _number(config, 'train.max_passage_length', 8, 512, integer=True)
-  for field in ('checkpoint_every', 'val_every', 'log_every', 'keep_checkpoints', 'val_batches'):
+  _number(config, 'train.profile_steps', 0, integer=True)
+  for field in ('checkpoint_every', 'log_every', 'keep_checkpoints'):
     _number(config, f'train.{field}', 1, integer=True)
 
   _number(config, 'dry_run.devices', 1, 4096, integer=True)
+  _validate_evals(config)
 
   mesh = config.mesh
   _check(len(mesh.axes) == len(mesh.shape) and len(mesh.axes) > 0, 'mesh.shape',
@@ -197,3 +199,30 @@ def check_batch_split(config: ml_collections.ConfigDict, num_devices: int) -> No
          f'must split evenly over the {data} batch shards of the mesh (axes {axes} of '
          f'config.mesh.axes={tuple(mesh.axes)}, config.mesh.shape={tuple(mesh.shape)} over '
          f'{num_devices} devices)', batch)
+
+
+def _validate_evals(config) -> None:
+  """Each evaluator: a registered type, `every` >= 0, and only its type's fields, valid."""
+  from hbt.eval import evaluators  # pylint: disable=g-import-not-at-top
+  benchmarks = set()
+  for name, cfg in config.evals.items():
+    field = f'evals.{name}'
+    _check(isinstance(cfg, ml_collections.ConfigDict) and 'type' in cfg, field,
+           "must be a dict with a 'type'", cfg)
+    _check(evaluators.kind(cfg.type) in evaluators.REGISTRY, f'{field}.type',
+           f'must be one of {", ".join(evaluators.REGISTRY)} or beir:<folder>', cfg.type)
+    extras = evaluators.REGISTRY[evaluators.kind(cfg.type)][1]
+    unknown = set(cfg) - {'type', 'every'} - set(extras)
+    _check(not unknown, field, f'has fields {sorted(unknown)} that type {cfg.type!r} does not '
+           f'take (it takes every, {", ".join(extras)})', cfg.to_dict())
+    _number(config, f'{field}.every', 0, integer=True)
+    if cfg.type in sources.SOURCES:
+      _check(cfg.type not in benchmarks, f'{field}.type',
+             'names a benchmark that another evaluator already evaluates', cfg.type)
+      benchmarks.add(cfg.type)
+      if cfg.get('langs'):
+        sources.validate_langs(cfg.type, cfg.langs, field=f'config.{field}.langs')
+    if 'batches' in cfg:
+      _number(config, f'{field}.batches', 1, integer=True)
+    if 'max_ids' in cfg:
+      _number(config, f'{field}.max_ids', 0, integer=True)

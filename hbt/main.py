@@ -1,20 +1,29 @@
 """hbt entry point: python -m hbt.main --config=configs/xquad.py --workdir=DIR [--config.x=y].
 
-config.mode selects the job: 'all' (prepare shards if needed, evaluate zero-shot, train, evaluate
-the trained model), 'prepare', 'train', 'eval' or 'dry_run' (hbt/train/dry_run.py).
+config.mode selects the job: 'all' (prepare shards if needed, train with the evaluators of
+config.evals, log the first and last step's tables), 'prepare', 'train', 'eval' or 'dry_run'
+(hbt/train/dry_run.py). A config file
+takes a variant after a colon: --config=configs/default.py:eval=mlqa_r.
+
+Console: absl logging (INFO from hbt and clu's metric writer and progress; only warnings from the
+libraries, unless --verbosity is given). A bad input or config stops the run with one line on
+stderr and exit status 2 (a diverged loss: status 3); --verbosity=1 shows the traceback.
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+import clu  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import hbt  # noqa: E402
 from hbt import config_lib  # noqa: E402
 from hbt import io  # noqa: E402
 from hbt.train import dry_run  # noqa: E402
@@ -22,7 +31,8 @@ from hbt.train import loop  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for shards, checkpoints and reports.')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Directory for shards, checkpoints and reports (local or gs://).')
 _COORDINATOR = flags.DEFINE_string('coordinator', None,
                                    'host:port of process 0 for multi-host runs (jax.distributed).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
@@ -32,11 +42,56 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'process of a multi-host run stops (a process died; restart all of them to resume).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
+EXIT_BAD_INPUT = 2  # a bad config, flag or input file
+EXIT_DIVERGED = 3  # a non-finite loss stopped training
+# What a user's input or config raises: stopped with its message on one line.
+BAD_INPUT_ERRORS = (ValueError, OSError, KeyError)
+_OWN_LOGS = tuple(os.path.dirname(m.__file__) + os.sep for m in (hbt, clu))
+
+
+def _own_or_warning(record) -> bool:
+  """Keeps hbt's and clu's records (metrics, progress) and every library's warnings."""
+  return record.levelno >= logging.WARNING or record.pathname.startswith(_OWN_LOGS)
+
+
+def _stop(message, status: int):
+  """Writes `message` as one line on stderr and exits with `status`.
+
+  A traceback inside the message (config_flags quotes the config file's) is cut to its last line.
+  """
+  message = str(message)
+  head, sep, trace = message.partition('Traceback (most recent call last):')
+  if sep:
+    message = head + trace.strip().splitlines()[-1]
+  sys.stderr.write(f'hbt: error: {" ".join(message.split())}\n')
+  sys.stderr.flush()
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl flag parsing; a bad flag or config file (or a config variant) is one line, status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _stop(e, EXIT_BAD_INPUT)
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a field that is not there
+    _stop(f'a --config.* flag names a field the config does not have: {e}', EXIT_BAD_INPUT)
+
 
 def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO; --verbosity=0 shows it
-    logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_own_or_warning)
+  try:
+    run()
+  except BAD_INPUT_ERRORS + (FloatingPointError,) as e:
+    if flags.FLAGS.verbosity >= 1:
+      raise
+    status = EXIT_DIVERGED if isinstance(e, FloatingPointError) else EXIT_BAD_INPUT
+    _stop(f'{type(e).__name__}: {e} (--verbosity=1 shows the traceback)', status)
+
+
+def run():
   tf.config.experimental.set_visible_devices([], 'GPU')  # tf.data only; accelerators are JAX's.
   config = _CONFIG.value
   config_lib.validate(config)
@@ -56,4 +111,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

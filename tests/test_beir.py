@@ -134,7 +134,7 @@ def test_eval_job_on_a_beir_folder(tiny_checkpoint, tmp_path):
   from hbt.eval import report  # pylint: disable=g-import-not-at-top
   from hbt.train import loop  # pylint: disable=g-import-not-at-top
   write_fixture(tmp_path / 'set', np.random.default_rng(0))
-  results = loop.run(beir_config(tmp_path / 'set', tiny_checkpoint), tmp_path / 'work')
+  results = loop.run(beir_config(tmp_path / 'set', tiny_checkpoint), tmp_path / 'work')['zero_shot']
   assert results['benchmark'] == 'set_test'
   assert set(results['summary']) == set(metrics.GRADED_METRIC_NAMES)
   assert all(0 <= v <= 1 for v in results['summary'].values())

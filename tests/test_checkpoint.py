@@ -20,18 +20,21 @@ def test_keeps_latest_and_best(tmp_path):
   mngr = checkpoint.manager(tmp_path, keep=2)
   for step, val_loss in zip(range(1, 7), [5.0, 1.0, 4.0, None, 3.0, 2.5]):
     checkpoint.save(mngr, state_at(step), val_loss)
+  mngr.wait_until_finished()
   assert sorted(mngr.all_steps()) == [2, 5, 6]  # best (val 1.0) + the two most recent
   assert checkpoint.best_step(mngr) == 2 and mngr.latest_step() == 6
   # After a restart the metrics come back from disk: the best is still known and still kept.
   reopened = checkpoint.manager(tmp_path, keep=2)
   assert checkpoint.best_step(reopened) == 2
   checkpoint.save(reopened, state_at(7), None)
+  reopened.wait_until_finished()
   assert sorted(reopened.all_steps()) == [2, 6, 7]
 
 
 def test_restore_latest_is_exact(tmp_path):
   mngr = checkpoint.manager(tmp_path, keep=3)
   checkpoint.save(mngr, state_at(7))
+  mngr.wait_until_finished()
   fresh = state_at(0)
   restored = checkpoint.restore_latest(checkpoint.manager(tmp_path, keep=3), fresh)
   assert int(restored.step) == 7
@@ -40,9 +43,23 @@ def test_restore_latest_is_exact(tmp_path):
   assert not list(tmp_path.glob('checkpoints/*tmp*'))
 
 
+def test_orbax_decides_the_cadence(tmp_path):
+  """Every 3 steps and at the last step (7), nothing in between."""
+  mngr = checkpoint.manager(tmp_path, keep=10, every=3, last_step=7)
+  saved = [step for step in range(1, 8) if checkpoint.save(mngr, state_at(step))]
+  mngr.wait_until_finished()
+  assert saved == [3, 6, 7] and sorted(mngr.all_steps()) == [3, 6, 7]
+
+
 def test_restore_without_checkpoint_returns_state(tmp_path):
   fresh = state_at(0)
   assert checkpoint.restore_latest(checkpoint.manager(tmp_path, keep=1), fresh) is fresh
+
+
+def save_and_wait(workdir, state):
+  mngr = checkpoint.manager(workdir, keep=1)
+  checkpoint.save(mngr, state)
+  mngr.wait_until_finished()
 
 
 FIELDS = {'batches': {'strategy': 'hybrid', 'alpha': 0.5, 'seed': 0, 'buckets': (16, 32)},
@@ -53,6 +70,7 @@ def test_resume_under_changed_fields_is_refused(tmp_path):
   checkpoint.bind_fields(tmp_path, FIELDS)
   mngr = checkpoint.manager(tmp_path, keep=2)
   checkpoint.save(mngr, state_at(4))
+  mngr.wait_until_finished()
   checkpoint.bind_fields(tmp_path, FIELDS)  # same run: resumes
   changed = {'batches': {**FIELDS['batches'], 'strategy': 'x_y', 'alpha': 0.3},
              'train': FIELDS['train']}
@@ -68,13 +86,13 @@ def test_fields_are_rebound_while_no_checkpoint_exists(tmp_path):
   checkpoint.bind_fields(tmp_path, FIELDS)  # a run that died before its first checkpoint
   other = {**FIELDS, 'batches': {**FIELDS['batches'], 'seed': 1}}
   checkpoint.bind_fields(tmp_path, other)
-  checkpoint.save(checkpoint.manager(tmp_path, keep=1), state_at(1))
+  save_and_wait(tmp_path, state_at(1))
   checkpoint.bind_fields(tmp_path, other)
   with pytest.raises(ValueError, match=r'batches\.seed: 1 -> 0'):
     checkpoint.bind_fields(tmp_path, FIELDS)
 
 
 def test_checkpoints_without_fields_are_refused(tmp_path):
-  checkpoint.save(checkpoint.manager(tmp_path, keep=1), state_at(1))
+  save_and_wait(tmp_path, state_at(1))
   with pytest.raises(ValueError, match='holds checkpoints but no run_fields.json'):
     checkpoint.bind_fields(tmp_path, FIELDS)

@@ -1,10 +1,13 @@
 """Every shipped config validates; a bad value fails at start naming its field."""
 
 import importlib
+import pathlib
 
 import pytest
 
 from hbt import config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load(name):
@@ -89,3 +92,62 @@ def test_global_batch_must_split_over_the_data_axis():
   config.mesh.shape = (-1, 1, 1)
   config.train.batch_size = 96
   config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize('field,value,named', [
+    ('evals.val.type', 'bleu', 'config.evals.val.type'),
+    ('evals.val.every', -1, 'config.evals.val.every'),
+    ('evals.val.batches', 0, 'config.evals.val.batches'),
+    ('evals.val_map.max_ids', -5, 'config.evals.val_map.max_ids'),
+    ('evals.zero_shot.langs', 'en,xx', 'config.eval.langs'),  # the same field
+    ('evals.val_map.type', 'xquad_r', 'config.evals.val_map'),  # takes no max_ids field
+])
+def test_bad_evaluator_names_field(field, value, named):
+  test_bad_value_names_field(field, value, named)
+
+
+def test_two_evaluators_of_one_benchmark_are_refused():
+  config = load('default')
+  config.evals.again = {'type': 'xquad_r', 'every': 0, 'langs': ''}
+  with pytest.raises(config_lib.ConfigError, match=r'type names a benchmark that another'):
+    config_lib.validate(config)
+
+
+def test_parse_arg():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  arg = common.parse_arg('eval=mlqa_r,steps=10,fast', eval='xquad_r', steps=1, fast=False, lr=0.1)
+  assert (arg.eval, arg.steps, arg.fast, arg.lr) == ('mlqa_r', 10, True, 0.1)
+  assert common.parse_arg(None, eval='xquad_r').eval == 'xquad_r'
+  with pytest.raises(ValueError, match="'size' is unknown"):
+    common.parse_arg('size=3', eval='xquad_r')
+  with pytest.raises(ValueError, match='steps=.* must be a int'):
+    common.parse_arg('steps=ten', steps=1)
+
+
+def _from_flags(*argv):
+  """The config as hbt.main's config flag builds it (config_flags, locked)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  argv = ['prog', *argv]
+  config_flags.DEFINE_config_file('config', None, 'test', flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_config_variant_through_the_flag():
+  """config_flags passes the text after ':' to get_config; the variant flips the direction."""
+  config = _from_flags(f'--config={REPO / "configs/default.py"}:eval=mlqa_r')
+  assert config.eval.benchmark == 'mlqa_r' and config.data.train == 'xquad_r'
+  assert config.evals.zero_shot.type == 'mlqa_r'
+  config_lib.validate(config)
+  # configs/xquad.py and configs/mlqa.py are the two variants of configs/default.py.
+  assert load('mlqa').to_dict() == config.to_dict()
+  assert load('xquad').to_dict() == load('default').to_dict()
+
+
+def test_zero_shot_evaluator_follows_the_eval_flags():
+  config = _from_flags(f'--config={REPO / "configs/xquad.py"}', '--config.eval.benchmark=mlqa_r',
+                       '--config.eval.langs=en,de')
+  assert config.evals.zero_shot.type == 'mlqa_r' and config.evals.zero_shot.langs == 'en,de'

@@ -228,7 +228,7 @@ def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
               for arg in runs.tiny(tmp_path / 'tiny', data_dir, 2))
   tiny = {k: int(v) if v.isdigit() else v for k, v in tiny.items()}
   tiny.update({'train.learning_rate': 1e-3, 'eval.progress': False, 'eval.langs': 'en,th',
-               'train.val_every': 2, 'train.checkpoint_every': 2})
+               'evals.val.every': 2, 'train.checkpoint_every': 2})
   toy = spec(budget=tiny, arms={'hybrid': {'train.strategy': 'hybrid'}}, seeds=(0,), contrasts=())
   sweep_lib.validate(toy)
   out = sweep_lib.run_sweep(toy, tmp_path / 'runs', tmp_path / 'summaries', log=lambda _: None)

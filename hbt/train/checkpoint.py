@@ -1,4 +1,9 @@
-"""Checkpoints with orbax: the N most recent, plus the best by validation loss.
+"""Checkpoints with orbax: its policies decide when to save and what to keep.
+
+Orbax saves every `every` steps and at the last step (save-decision policies), keeps the N most
+recent plus the best by validation loss (`best_fn`, preservation policies), and saves
+asynchronously: training goes on while the arrays are written, and the next save (or
+`wait_until_finished`) waits for the one before.
 
 A checkpoint holds the step, the trainable params and the optimizer state. Frozen params (the word
 embeddings when frozen) never change, so they are not written again: they come from the pretrained
@@ -17,6 +22,7 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+from orbax.checkpoint.checkpoint_managers import save_decision_policy as sdp
 
 from hbt import io
 
@@ -75,8 +81,19 @@ def bind_fields(workdir, fields: Mapping) -> None:
                      'folder to start over.')
 
 
-def manager(workdir, keep: int) -> ocp.CheckpointManager:
-  """A CheckpointManager in workdir/checkpoints keeping `keep` recent and the best by val loss."""
+def manager(workdir, keep: int, every: int = 1, last_step: int | None = None,
+            asynchronous: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager in workdir/checkpoints.
+
+  Args:
+    workdir: the run's folder (local or gs://).
+    keep: how many recent checkpoints to keep (the best by val loss is kept as well).
+    every: save when the step is a multiple of it.
+    last_step: also save at this step (the end of training).
+    asynchronous: write in the background (`save` returns before the files are complete).
+  """
+  saving = sdp.AnySavePolicy([sdp.FixedIntervalPolicy(every)] + (
+      [sdp.SpecificStepsPolicy([last_step])] if last_step is not None else []))
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=keep),
       pp.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
@@ -84,8 +101,9 @@ def manager(workdir, keep: int) -> ocp.CheckpointManager:
   ])
   # best_fn also makes orbax write each checkpoint's metrics to disk, so a resumed run still
   # knows which checkpoint is best.
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
-                                         best_mode='min', enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(save_decision_policy=saving, preservation_policy=policy,
+                                         best_fn=_val_loss, best_mode='min',
+                                         enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -93,12 +111,17 @@ def _saved(state) -> dict:
   return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
 
 
-def save(mngr: ocp.CheckpointManager, state, val_loss: float | None = None) -> None:
-  """Saves the state at its step (with the val loss, if one was measured at this step)."""
+def save(mngr: ocp.CheckpointManager, state, val_loss: float | None = None) -> bool:
+  """Saves the state at its step if the manager's policy says so; returns whether it did.
+
+  `val_loss` is the validation loss measured at this step, if any (it ranks the checkpoint).
+  Asynchronous managers return before the files are complete: `mngr.wait_until_finished()`.
+  """
+  step = int(state.step)
+  if not mngr.should_save(step):
+    return False
   metrics = None if val_loss is None else {VAL_METRIC: float(val_loss)}
-  mngr.save(int(state.step), args=ocp.args.StandardSave(_saved(state)), metrics=metrics,
-            force=True)
-  mngr.wait_until_finished()
+  return mngr.save(step, args=ocp.args.StandardSave(_saved(state)), metrics=metrics)
 
 
 def restore(mngr: ocp.CheckpointManager, state, step: int):

@@ -1,19 +1,39 @@
-"""The experiment: prepare shards, evaluate zero-shot, train, evaluate again, report.
+"""The experiment: prepare the shards, then train with evaluators as hooks (`train_and_evaluate`).
 
 `run(config, workdir)` follows config.mode:
   prepare  write (or reuse) the tokenised hybrid batch shards of every training step;
-  train    train from the shards, resuming from the latest checkpoint in workdir;
-  eval     evaluate the latest checkpoint in workdir, or the pretrained model if there is none;
-  all      prepare, evaluate the pretrained model, train, evaluate the trained model, and print
-           both tables side by side (plus the languages the training never saw).
+  train    train from the shards (resuming from the latest checkpoint), with the validation
+           evaluators of config.evals;
+  eval     run the benchmark evaluators of config.evals once, on the latest checkpoint in workdir
+           or the pretrained model;
+  all      train with every evaluator of config.evals, then log the benchmark tables of the first
+           and the last step side by side (all languages, seen and unseen in training).
+
+The loop body is the train step and a list of hooks (flax examples/wmt, big_vision): clu's
+ReportProgress (rate, ETA) and Profile, one PeriodicCallback per evaluator (step 0, every N, last
+step) and one for the training metrics; orbax decides when to checkpoint. Every value goes to one
+metric writer: the console (absl logging), TensorBoard (workdir/tensorboard) and
+workdir/metrics.jsonl (see `JsonlWriter`), from process 0 only.
+
+Files of a run (workdir may be gs://):
+  metrics.jsonl               every scalar, one JSON object per write: {"step": N, "<name>": v}
+  eval/<bench>_before.json    full results of the benchmark <bench> at step 0 (.png heatmap),
+  eval/<bench>_step<N>.json   ... at step N, eval/<bench>_after.json (.png) at the last step,
+  eval/<bench>.json (.png)    ... in eval mode (see hbt/eval/evaluators.py);
+  eval/summary.json           the before/after tables (mode all), the batch mix, wall times;
+  checkpoints/, shards/, tensorboard/.
 """
 
 import hashlib
+import json
 import pathlib
+import threading
 import time
 
 from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
 import jax
 import numpy as np
 
@@ -27,13 +47,14 @@ from hbt.data import pairs as pairs_lib
 from hbt.data import sources
 from hbt.data import squad_r
 from hbt.eval import evaluate
+from hbt.eval import evaluators as evaluators_lib
 from hbt.eval import report
 from hbt.eval import run as eval_run
 from hbt.model import build
 from hbt.train import checkpoint
 from hbt.train import step as step_lib
 
-ARRAY_SUFFIXES = ('_tokens', '_mask', '_group')  # batch arrays the step gets
+METRICS_FILE = 'metrics.jsonl'
 
 
 def training_pairs(config) -> tuple[pairs_lib.PairSet, pairs_lib.PairSet]:
@@ -73,7 +94,7 @@ UPDATE_FIELDS = ('learning_rate', 'weight_decay', 'warmup_steps', 'grad_clip_nor
                  'loss_temperature', 'symmetric_loss', 'freeze_embeddings')
 
 
-def run_fields(config, shard_dir: pathlib.Path) -> dict:
+def run_fields(config, shard_dir: epath.Path) -> dict:
   """What a run's checkpoints depend on: its batches (shard manifest) and its update rule."""
   manifest = input_pipeline.read_manifest(shard_dir)
   return {'batches': {**manifest['fields'], **manifest['prepare']},
@@ -81,44 +102,13 @@ def run_fields(config, shard_dir: pathlib.Path) -> dict:
           'model': {'dropout_rate': config.model.dropout_rate, 'pooling': config.model.pooling}}
 
 
-def prepare(config, workdir: pathlib.Path, tokenizer, train_pairs) -> pathlib.Path:
+def prepare(config, workdir: epath.Path, tokenizer, train_pairs) -> epath.Path:
   """Writes (or reuses) the shards of every training step; returns their folder."""
   t = config.train
-  return shards.prepare(workdir / 'shards', shard_fields(config), make_sampler(config, train_pairs),
-                        train_pairs, tokenizer, t.steps, t.max_query_length,
-                        t.max_passage_length, t.hard_negatives, progress=config.eval.progress)
-
-
-def validation_batches(config, val_pairs, tokenizer, mesh) -> list[dict]:
-  """Fixed validation batches: mixed-language pairs (x_x) of held-out ids, same for every run."""
-  t = config.train
-  if len(val_pairs) == 0:
-    return []
-  size = min(t.batch_size, len(val_pairs.all_ids()))
-  size -= size % sharding.data_parallel_size(mesh)
-  if size < 2:
-    return []
-  sampler = sampler_lib.Sampler(val_pairs, size, 'x_x', seed=config.seed + 1)
-  out = []
-  for s in range(t.val_batches):
-    sides = shards.encode_batch(sampler.batch(s), val_pairs, tokenizer, t.max_query_length,
-                                t.max_passage_length, t.hard_negatives)
-    out.append({f'{name}{suffix}': getattr(side, suffix[1:])
-                for name, side in sides.items() for suffix in ARRAY_SUFFIXES})
-  return out
-
-
-def _global_batch(batch: dict, mesh) -> dict:
-  """This process's rows of a global batch -> global jax arrays split over 'data'."""
-  spec = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(spec, v) for k, v in batch.items()
-          if k.endswith(ARRAY_SUFFIXES)}
-
-
-def validate(eval_fn, state, batches, mesh) -> dict:
-  """Mean validation loss and in-batch accuracy over the fixed batches."""
-  results = [jax.device_get(eval_fn(state, _global_batch(b, mesh))) for b in batches]
-  return {f'val_{k}': float(np.mean([r[k] for r in results])) for k in results[0]}
+  return shards.prepare(io.path(workdir) / 'shards', shard_fields(config),
+                        make_sampler(config, train_pairs), train_pairs, tokenizer, t.steps,
+                        t.max_query_length, t.max_passage_length, t.hard_negatives,
+                        progress=config.eval.progress)
 
 
 def init_state(config, model, mesh):
@@ -130,150 +120,264 @@ def init_state(config, model, mesh):
       shardings, tx
 
 
-def _eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+class JsonlWriter(metric_writers.MetricWriter):
+  """Scalars to one JSON-lines file, rewritten atomically on every write (works on gs://).
+
+  Each line is {"step": N, "<name>": value, ...}, one per write_scalars call, in write order.
+  Reopened after a restart at step k, the lines of steps after k (written by the run that died)
+  are dropped, since the resumed run writes them again.
+  """
+
+  def __init__(self, path, resume_step: int = 0):
+    self._path = io.path(path)
+    self._lock = threading.Lock()
+    self._lines = []
+    if self._path.exists():
+      for line in self._path.read_text().splitlines():
+        record = json.loads(line)
+        if record['step'] <= resume_step:
+          self._lines.append(line)
+
+  def write_scalars(self, step, scalars):
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with self._lock:
+      self._lines.append(json.dumps(record, sort_keys=True))
+      io.write_atomic(self._path, ('\n'.join(self._lines) + '\n').encode('utf-8'))
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
 
 
-def train(config, workdir: pathlib.Path, model, mesh, shard_dir: pathlib.Path, val_batches):
-  """Trains from the shards, resuming from the latest checkpoint; returns the final state."""
+def make_writer(workdir, resume_step: int) -> metric_writers.MetricWriter:
+  """Console (absl logging) on every process; TensorBoard and metrics.jsonl on process 0."""
+  if jax.process_index() > 0:
+    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
+  workdir = io.path(workdir)
+  return metric_writers.MultiWriter([
+      metric_writers.LoggingWriter(),
+      metric_writers.SummaryWriter(str(workdir / 'tensorboard')),
+      JsonlWriter(workdir / METRICS_FILE, resume_step)])
+
+
+def _nan_message(loss, step, kind, mngr, workdir) -> str:
+  mngr.wait_until_finished()
+  return (f'loss is {loss} at step {step} ({kind} batch): stopping. The last good checkpoint is '
+          f'step {mngr.latest_step()} in {checkpoint.checkpoint_dir(workdir)}; lower '
+          'config.train.learning_rate or raise config.train.loss_temperature.')
+
+
+def train_and_evaluate(config, workdir, model=None, mesh=None) -> dict:
+  """Prepares the shards and trains, with the evaluators of config.evals as hooks.
+
+  Resumes from the latest checkpoint in workdir. Returns {'train_s', 'steps': (first, last),
+  'evaluators': [the evaluators, holding their benchmark results by step], 'train_langs',
+  'describe': the batch mix of the shards}.
+  """
+  workdir = io.path(workdir)
   t = config.train
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  model = model or build.load(config.model)
+  train_pairs, val_pairs = training_pairs(config)
+  shard_dir = prepare(config, workdir, model.tokenizer, train_pairs)
+  logging.info('shards: %s', shard_dir)
+  if config.mode == 'prepare':
+    return {}
+
   state, shardings, tx = init_state(config, model, mesh)
   checkpoint.bind_fields(workdir, run_fields(config, shard_dir))
-  mngr = checkpoint.manager(workdir, t.keep_checkpoints)
+  mngr = checkpoint.manager(workdir, t.keep_checkpoints, t.checkpoint_every, t.steps)
   state = checkpoint.restore_latest(mngr, state)
   start = int(state.step)
   if start:
     logging.info('resuming from the checkpoint at step %d', start)
   train_fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, t, config.seed,
                                      config.mesh.rules)
-  eval_fn = step_lib.jit_eval_step(model.module, shardings, mesh, t, config.mesh.rules)
-  writer = metric_writers.create_default_writer(str(workdir / 'tensorboard'),
-                                                just_logging=jax.process_index() > 0)
+  ctx = evaluators_lib.Context(config, workdir, model, mesh,
+                               eval_run.make_encode_fn(model.module, mesh), val_pairs, shardings,
+                               t.steps)
+  evaluators = evaluators_lib.from_config(config, ctx, validation_only=config.mode == 'train')
+  overlaps = {}
+  for evaluator in evaluators:
+    if evaluator.is_benchmark:
+      overlaps[evaluator.name] = overlap.sentence_overlap(train_pairs, evaluator.benchmark)
+      total = overlaps[evaluator.name]['total']
+      logging.info('training pairs share %d exact sentences with the %d of %s (%d queries, %d '
+                   'candidates)', total['shared'], total['eval'], evaluator.benchmark.name,
+                   total['shared_queries'], total['shared_candidates'])
+  writer = make_writer(workdir, start)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=t.steps, writer=writer,
+                                                    every_steps=t.log_every, every_secs=None)
+  hooks = [report_progress]
+  if t.profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=str(workdir / 'tensorboard'),
+                                          num_profile_steps=t.profile_steps,
+                                          first_profile=start + 5, every_secs=None))
+
+  val_loss = {}  # step -> validation loss, to rank the checkpoint of that step
+
+  def evaluate_at(evaluator):
+    def callback(step, t, state):
+      del t
+      with report_progress.timed(evaluator.name):
+        scalars = evaluator.run(step, state)
+      writer.write_scalars(step, {f'{evaluator.name}/{k}': v for k, v in scalars.items()})
+      if isinstance(evaluator, evaluators_lib.ValLossEvaluator) and step not in val_loss:
+        val_loss[step] = scalars['loss']
+    return periodic_actions.PeriodicCallback(every_steps=evaluator.every or None,
+                                             on_steps=(0, t.steps), callback_fn=callback)
+
+  window = []  # the training metrics since the last write
+
+  def write_train_metrics(step, t, seconds):
+    del t
+    means = {f'train/{k}': float(np.mean([m[k] for m in window])) for k in window[0]}
+    means['train/learning_rate'] = float(step_lib.learning_rate_schedule(config.train)(step - 1))
+    means['train/pairs_per_s'] = len(window) * config.train.batch_size / max(seconds, 1e-9)
+    writer.write_scalars(step, means)
+    window.clear()
+
+  eval_hooks = [evaluate_at(e) for e in evaluators]
+  metrics_hook = periodic_actions.PeriodicCallback(every_steps=t.log_every, on_steps=(t.steps,),
+                                                   callback_fn=write_train_metrics)
   data = input_pipeline.as_numpy(input_pipeline.make_dataset(
       shard_dir, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count()))
-  tick, tick_step, started = time.perf_counter(), start, time.perf_counter()
-  for batch in data:
-    step = int(batch['step'])
-    state, metrics = train_fn(state, _global_batch(batch, mesh))
-    metrics = jax.device_get(metrics)
-    done = step + 1
-    if not np.isfinite(metrics['loss']):
-      raise FloatingPointError(
-          f'loss is {metrics["loss"]} at step {step} ({batch["kind"]} batch): stopping. The last '
-          f'good checkpoint is step {mngr.latest_step()} in {workdir / "checkpoints"}; lower '
-          'config.train.learning_rate or raise config.train.loss_temperature.')
-    val = validate(eval_fn, state, val_batches, mesh) if val_batches and (
-        done % t.val_every == 0 or done == t.steps) else {}
-    if done % t.log_every == 0 or done == t.steps or val:
-      now = time.perf_counter()
-      rate = (done - tick_step) * t.batch_size / (now - tick)
-      scalars = {**{k: float(v) for k, v in metrics.items()}, **val, 'pairs_per_s': rate,
-                 'learning_rate': float(step_lib.learning_rate_schedule(t)(step))}
-      writer.write_scalars(done, scalars)
-      if jax.process_index() == 0:
-        eta = (t.steps - done) * t.batch_size / max(rate, 1e-9)
-        extra = ''.join(f' {k} {v:.4f}' for k, v in val.items())
-        print(f'step {done}/{t.steps} [{batch["kind"]:>5}] loss {scalars["loss"]:.4f} '
-              f'acc {scalars["accuracy"]:.3f}{extra} | {rate:.1f} pairs/s | '
-              f'ETA {_eta(eta)}', flush=True)
-      tick, tick_step = now, done
-    if done % t.checkpoint_every == 0 or done == t.steps:
-      checkpoint.save(mngr, state, val.get('val_loss'))
-  writer.flush()
-  logging.info('trained steps %d..%d in %.1f s', start, t.steps, time.perf_counter() - started)
-  return state, mngr
+  started = tick = time.perf_counter()
+  with metric_writers.ensure_flushes(writer):
+    if start == 0:
+      for hook in eval_hooks:
+        hook(0, state=state)
+    for batch in data:
+      step = int(batch['step'])
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = train_fn(state, evaluators_lib.global_batch(batch, mesh))
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics['loss']):
+        raise FloatingPointError(_nan_message(metrics['loss'], step, batch['kind'], mngr,
+                                              workdir))
+      window.append(metrics)
+      done = step + 1
+      for hook in hooks:
+        hook(done)
+      if metrics_hook(done, seconds=time.perf_counter() - tick):
+        tick = time.perf_counter()
+      for hook in eval_hooks:
+        hook(done, state=state)
+      checkpoint.save(mngr, state, val_loss.get(done))
+    mngr.wait_until_finished()
+  train_s = time.perf_counter() - started
+  logging.info('trained steps %d..%d in %.1f s', start, t.steps, train_s)
+  manifest = input_pipeline.read_manifest(shard_dir)
+  return {'train_s': train_s, 'steps': (start, t.steps), 'evaluators': evaluators,
+          'train_langs': train_pairs.langs, 'describe': manifest.get('describe', {}),
+          'overlap': overlaps, 'state': state}
 
 
-def _print(text: str) -> None:
-  if jax.process_index() == 0:
-    print(text, flush=True)
-
-
-def run(config, workdir: str) -> dict:
-  """Runs config.mode in workdir; returns the evaluation results (if any)."""
-  workdir = pathlib.Path(workdir)
+def run(config, workdir) -> dict:
+  """Runs config.mode in workdir; returns what train_and_evaluate or evaluate_only returns."""
   started = time.perf_counter()
+  workdir = io.path(workdir)
+  if config.mode == 'eval':
+    return evaluate_only(config, workdir)
+  results = train_and_evaluate(config, workdir)
+  if config.mode == 'all':
+    results['wall_s'] = time.perf_counter() - started
+    results['summary'] = write_summary(workdir, results)
+  return results
+
+
+def evaluate_only(config, workdir) -> dict:
+  """Runs the benchmark evaluators on the latest checkpoint in workdir, else the pretrained model."""
+  workdir = io.path(workdir)
   mesh = sharding.make_mesh(config.mesh)
   model = build.load(config.model)
-  if config.mode == 'eval':
-    return _eval_only(config, workdir, model, mesh)
-
-  train_pairs, val_pairs = training_pairs(config)
-  shard_dir = prepare(config, workdir, model.tokenizer, train_pairs)
-  logging.info('shards: %s', shard_dir)
-  if config.mode == 'prepare':
-    _print(f'shards ready: {shard_dir}')
-    return {}
-
-  results = {}
-  encode_fn = eval_run.make_encode_fn(model.module, mesh)
-  benchmark = eval_run.load_eval_benchmark(config) if config.mode == 'all' else None
-  if config.mode == 'all':
-    results['overlap'] = overlap.sentence_overlap(train_pairs, benchmark)
-    total = results['overlap']['total']
-    _print(f'training pairs share {total["shared"]} exact sentences with the {total["eval"]} of '
-           f'{benchmark.name} ({total["shared_queries"]} queries, {total["shared_candidates"]} '
-           'candidates)')
-    params = jax.device_put(model.params, sharding.replicated(mesh))
-    results['before'] = eval_run.evaluate_model(config, encode_fn, params, model.tokenizer, mesh,
-                                                benchmark)
-    del params
-  trained_at = time.perf_counter()
-  state, _ = train(config, workdir, model, mesh, shard_dir,
-                   validation_batches(config, val_pairs, model.tokenizer, mesh))
-  results['train_s'] = time.perf_counter() - trained_at
-  if config.mode == 'all':
-    results['after'] = eval_run.evaluate_model(config, encode_fn,
-                                               step_lib.merge_params(state), model.tokenizer,
-                                               mesh, benchmark)
-    results['wall_s'] = time.perf_counter() - started
-    _report(workdir, results, train_pairs.langs)
-  return results
-
-
-def _eval_only(config, workdir, model, mesh) -> dict:
-  """Evaluates the latest checkpoint in workdir if any, else the pretrained model."""
-  params, tag = jax.device_put(model.params, sharding.replicated(mesh)), 'zero_shot'
-  if (workdir / 'checkpoints').exists():
-    state, _, _ = init_state(config, model, mesh)
+  params = jax.device_put(model.params, sharding.replicated(mesh))
+  state, tag = step_lib.TrainState(step=None, params=params, frozen={}, opt_state=None), \
+      'zero_shot'
+  if checkpoint.checkpoint_dir(workdir).exists():
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is not None:
-      state = checkpoint.restore_latest(mngr, state)
-      params, tag = step_lib.merge_params(state), f'step{int(state.step)}'
-  results = eval_run.evaluate_model(config, eval_run.make_encode_fn(model.module, mesh), params,
-                                     model.tokenizer, mesh)
-  _print(report.table(results['summary'], f"{results['benchmark']} ({tag})"))
-  if jax.process_index() == 0:
-    logging.info('wrote %s', eval_run.write_report(workdir, results, ''))
-  return results
+      trained, _, _ = init_state(config, model, mesh)
+      state = checkpoint.restore_latest(mngr, trained)
+      tag = f'step{int(state.step)}'
+  ctx = evaluators_lib.Context(config, workdir, model, mesh,
+                               eval_run.make_encode_fn(model.module, mesh))
+  out = {}
+  for evaluator in evaluators_lib.from_config(config, ctx, benchmarks_only=True):
+    evaluator.run(None, state)
+    results = out[evaluator.name] = evaluator.results[None]
+    logging.info('%s', '\n' + report.table(results['summary'], f'{results["benchmark"]} ({tag})'))
+  return out
 
 
-def _report(workdir: pathlib.Path, results: dict, train_langs) -> None:
-  """Prints before/after tables side by side (all, seen and unseen languages); writes files."""
-  before, after = results['before'], results['after']
-  langs = before['langs']
-  groups = {'all languages': langs,
-            'seen in training': [l for l in langs if l in train_langs],
-            'unseen in training': [l for l in langs if l not in train_langs]}
-  summary = {}
-  for name, group in groups.items():
-    if not group:
+def write_summary(workdir, results: dict) -> dict:
+  """Logs the first and last step's benchmark tables side by side; writes eval/summary.json.
+
+  summary.json: {'train_s', 'wall_s', 'steps': [first, last], 'describe': the batch mix
+  (sampler.describe of the shards: kinds, languages and language pairs per side),
+  'group_metric': evaluate.GROUP_METRIC, 'evals': {name: {'benchmark', 'groups': {group: [langs]},
+  'summary': {group: {'before': table, 'after': table}}, 'sentence_overlap':
+  overlap.sentence_overlap(training pairs, benchmark)}}}, a table being
+  {'mono'|'cross'|'multi': {metric: value}} under the group metric; groups are 'all languages',
+  'seen in training' and 'unseen in training' (the empty ones left out).
+  """
+  first, last = results['steps']
+  train_langs = set(results['train_langs'])
+  out = {'train_s': results['train_s'], 'wall_s': results['wall_s'], 'steps': [first, last],
+         'describe': results['describe'], 'group_metric': evaluate.GROUP_METRIC, 'evals': {}}
+  for evaluator in results['evaluators']:
+    if not evaluator.is_benchmark:
       continue
-    summary[name] = {when: evaluate.group_results(r['per_query'], group)['summary']
-                     for when, r in (('before', before), ('after', after))}
-    _print(report.side_by_side(
-        report.table(summary[name]['before'], f'{before["benchmark"]} before ({name}: '
-                     f'{",".join(group)})'),
-        report.table(summary[name]['after'], 'after training')))
-  _print(f'group metric: {evaluate.GROUP_METRIC}')
-  _print(f'wall time: {results["wall_s"]:.0f} s (training {results["train_s"]:.0f} s)')
+    before = evaluator.results.get(0)
+    if before is None and evaluator.path(0).exists():  # resumed after its step-0 evaluation
+      before = io.read_json(evaluator.path(0))
+      before['per_query'] = report.read_per_query(evaluator.path(0, '_per_query.npz'))
+    after = evaluator.results.get(last)
+    if before is None or after is None:
+      continue
+    langs = before['langs']
+    groups = {'all languages': langs,
+              'seen in training': [l for l in langs if l in train_langs],
+              'unseen in training': [l for l in langs if l not in train_langs]}
+    groups = {k: v for k, v in groups.items() if v}
+    summary = {}
+    for group, group_langs in groups.items():
+      summary[group] = {when: evaluate.group_results(r['per_query'], group_langs)['summary']
+                        for when, r in (('before', before), ('after', after))}
+      logging.info('%s', '\n' + report.side_by_side(
+          report.table(summary[group]['before'],
+                       f'{before["benchmark"]} before ({group}: {",".join(group_langs)})'),
+          report.table(summary[group]['after'], 'after training')))
+    out['evals'][evaluator.name] = {'benchmark': before['benchmark'], 'groups': groups,
+                                    'summary': summary,
+                                    'sentence_overlap': results['overlap'].get(evaluator.name)}
+  logging.info('group metric: %s', evaluate.GROUP_METRIC)
+  logging.info('wall time: %.0f s (training %.0f s)', results['wall_s'], results['train_s'])
   if jax.process_index() == 0:
-    eval_run.write_report(workdir, before, 'before')
-    eval_run.write_report(workdir, after, 'after')
-    io.write_json(workdir / 'eval' / 'summary.json',
-                      {'groups': {k: list(v) for k, v in groups.items()}, 'summary': summary,
-                       'sentence_overlap': results['overlap'],
-                       'group_metric': evaluate.GROUP_METRIC,
-                       'wall_s': results['wall_s'], 'train_s': results['train_s']})
+    io.write_json(io.path(workdir) / 'eval' / 'summary.json', out)
+  return out
+

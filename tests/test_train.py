@@ -1,0 +1,164 @@
+"""The real training loop in process on a tiny model (as flax examples/wmt/train_test.py does).
+
+A 2-layer random XLM-R-like checkpoint (the tiny_checkpoint fixture of conftest), a few steps of 8 pairs on the real data, evaluators on a
+2-language subset: the per-run files (metrics.jsonl, eval/*.json, summary.json, TensorBoard,
+checkpoints) and their contents.
+"""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import default
+from hbt.data import pairs as pairs_lib
+from hbt.eval import evaluators
+from hbt.train import checkpoint
+from hbt.train import loop
+from hbt.train import step as step_lib
+
+
+def tiny_overrides(checkpoint_dir, data_dir, steps: int) -> dict:
+  """Config overrides (dotted field -> value) for a fast run of the tiny model."""
+  return {'model.source': 'hf', 'model.checkpoint': str(checkpoint_dir), 'model.dtype': 'float32',
+          'data.dir': str(data_dir), 'train.steps': steps, 'train.batch_size': 8,
+          'train.warmup_steps': 2, 'train.learning_rate': 1e-3, 'train.max_query_length': 16,
+          'train.max_passage_length': 32, 'train.log_every': 2, 'train.checkpoint_every': 2,
+          'eval.progress': False, 'data.train_langs': 'en,de,es', 'data.val_fraction': 0.2,
+          'eval.langs': 'en,de,th', 'evals.val.every': 2, 'evals.val.batches': 2,
+          'evals.val_map.every': 3, 'evals.val_map.max_ids': 24}
+
+
+def tiny_config(checkpoint_dir, data_dir, steps: int, **extra):
+  config = default.get_config()
+  for field, value in {**tiny_overrides(checkpoint_dir, data_dir, steps), **extra}.items():
+    node = config
+    *parents, leaf = field.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def read_metrics(workdir) -> list[dict]:
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def values(records, name) -> dict[int, float]:
+  return {r['step']: r[name] for r in records if name in r}
+
+
+def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
+  config = tiny_config(tiny_checkpoint, data_dir, 4)
+  results = loop.run(config, str(tmp_path))  # a str workdir, through epath
+
+  records = read_metrics(tmp_path)
+  assert sorted(values(records, 'train/loss')) == [2, 4]
+  assert all(np.isfinite(v) for v in values(records, 'train/loss').values())
+  assert set(values(records, 'train/l2_grads')) == {2, 4}
+  assert sorted(values(records, 'val/loss')) == [0, 2, 4]  # step 0, every 2, the last step
+  assert sorted(values(records, 'val_map/mono/ap')) == [0, 3, 4]
+  assert sorted(values(records, 'zero_shot/mono/ap')) == [0, 4]  # every 0: first and last only
+  assert 0 < values(records, 'val/accuracy')[0] <= 1
+
+  eval_dir = tmp_path / 'eval'
+  for name in ('xquad_r_before', 'xquad_r_after'):
+    saved = json.loads((eval_dir / f'{name}.json').read_text())
+    assert saved['langs'] == ['en', 'de', 'th'] and len(saved['pairs']) == 9
+    assert (eval_dir / f'{name}.png').exists()
+  after = json.loads((eval_dir / 'xquad_r_after.json').read_text())
+  assert after['step'] == 4
+  assert values(records, 'zero_shot/mono/ap')[4] == pytest.approx(after['summary']['mono']['ap'])
+  assert (eval_dir / 'val_map_step3.json').exists()
+
+  summary = json.loads((eval_dir / 'summary.json').read_text())
+  assert summary['steps'] == [0, 4]
+  groups = summary['evals']['zero_shot']['groups']
+  assert groups == {'all languages': ['en', 'de', 'th'], 'seen in training': ['en', 'de'],
+                    'unseen in training': ['th']}
+  table = summary['evals']['zero_shot']['summary']['all languages']
+  assert table['before']['mono']['ap'] == pytest.approx(
+      json.loads((eval_dir / 'xquad_r_before.json').read_text())['summary']['mono']['ap'])
+  assert sum(summary['describe']['kinds'].values()) == 4
+  assert results['summary'] == summary
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+
+  mngr = checkpoint.manager(tmp_path, keep=2)
+  assert sorted(mngr.all_steps()) == [2, 4]
+  assert mngr.metrics(4)['val_loss'] == pytest.approx(values(records, 'val/loss')[4])
+
+  # Eval mode on the same workdir evaluates the last checkpoint, and writes eval/xquad_r.json.
+  config.mode = 'eval'
+  config.eval.langs = 'en'
+  out = loop.run(config, tmp_path)
+  assert out['zero_shot']['langs'] == ['en'] and (eval_dir / 'xquad_r.json').exists()
+  trained_en = after['pairs']['en-en']['ap']
+  assert json.loads((eval_dir / 'xquad_r.json').read_text())['pairs']['en-en']['ap'] == \
+      pytest.approx(trained_en, abs=1e-6)
+
+
+def test_nan_loss_stops_with_message(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
+  """A non-finite loss at step 3 stops the run; the checkpoints before it stay, finite."""
+  real = step_lib.jit_train_step
+
+  def poisoned(*args, **kwargs):
+    fn = real(*args, **kwargs)
+
+    def step(state, batch):
+      poison = int(state.step) == 3
+      state, metrics = fn(state, batch)
+      return state, dict(metrics, loss=metrics['loss'] * float('nan') if poison else
+                         metrics['loss'])
+    return step
+
+  monkeypatch.setattr(step_lib, 'jit_train_step', poisoned)
+  config = tiny_config(tiny_checkpoint, data_dir, 10, **{
+      'mode': 'train', 'train.checkpoint_every': 1, 'evals.val.every': 0,
+      'evals.val_map.every': 0})
+  with pytest.raises(FloatingPointError, match='loss is nan at step 3.*last good checkpoint is '
+                     'step 3'):
+    loop.run(config, str(tmp_path))
+  mngr = ocp.CheckpointManager(checkpoint.checkpoint_dir(tmp_path))
+  assert mngr.latest_step() == 3
+  params = mngr.restore(3, args=ocp.args.StandardRestore())['params']
+  assert all(np.isfinite(np.asarray(v)).all() for v in ocp.tree.to_flat_dict(params).values())
+
+
+def test_validation_batches_hold_each_pair_once_over_processes(tiny_checkpoint, data_dir,
+                                                               monkeypatch):
+  """Every process hands in only its rows: the processes' rows make up the 1-process batch."""
+  from hbt import sharding  # pylint: disable=g-import-not-at-top
+  from hbt.data import squad_r  # pylint: disable=g-import-not-at-top
+  from hbt.model import build  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tiny_checkpoint, data_dir, 4)
+  pairs = pairs_lib.from_benchmark(squad_r.load_benchmark('xquad_r', data_dir, ['en', 'de']))
+  tokenizer = build.load(config.model).tokenizer
+  mesh = sharding.make_mesh(config.mesh)
+  whole = evaluators.validation_batches(config, pairs, tokenizer, mesh, 2)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  parts = []
+  for index in range(2):
+    monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+    parts.append(evaluators.validation_batches(config, pairs, tokenizer, mesh, 2))
+  for b, batch in enumerate(whole):
+    for key, value in batch.items():
+      assert parts[0][b][key].shape[0] == value.shape[0] // 2
+      np.testing.assert_array_equal(np.concatenate([p[b][key] for p in parts]), value)
+
+
+def test_held_out_benchmark_answers_are_positives():
+  pairs = pairs_lib.PairSet(
+      langs=('en', 'de'), ids={'en': ('a', 'b', 'c'), 'de': ('a', 'c')},
+      examples={('en', 'a'): pairs_lib.Example('qa', 'shared'),
+                ('en', 'b'): pairs_lib.Example('qb', 'shared'),
+                ('en', 'c'): pairs_lib.Example('qc', 'pc'),
+                ('de', 'a'): pairs_lib.Example('qa-de', 'pa-de'),
+                ('de', 'c'): pairs_lib.Example('qc-de', 'pc-de')})
+  bench = evaluators.benchmark_from_pairs(pairs, 'val_map')
+  en = bench['en']
+  assert en.candidates == ('shared', 'pc')  # one candidate per distinct text
+  assert [en.candidates[en.answer_of(q)] for q in ('a', 'b', 'c')] == ['shared', 'shared', 'pc']
+  assert bench['de'].answer_of('b') is None
+  assert len(evaluators.benchmark_from_pairs(pairs, 'v', max_ids=2)['en'].query_ids) <= 2
