@@ -45,7 +45,7 @@ def test_restore_latest_is_exact(tmp_path):
 
 def test_orbax_decides_the_cadence(tmp_path):
   """Every 3 steps and at the last step (7), nothing in between."""
-  mngr = checkpoint.manager(tmp_path, keep=10, every=3, last_step=7)
+  mngr = checkpoint.manager(tmp_path, keep=10, every=3, last_step=7, asynchronous=True)
   saved = [step for step in range(1, 8) if checkpoint.save(mngr, state_at(step))]
   mngr.wait_until_finished()
   assert saved == [3, 6, 7] and sorted(mngr.all_steps()) == [3, 6, 7]

@@ -82,7 +82,7 @@ def bind_fields(workdir, fields: Mapping) -> None:
 
 
 def manager(workdir, keep: int, every: int = 1, last_step: int | None = None,
-            asynchronous: bool = True) -> ocp.CheckpointManager:
+            asynchronous: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager in workdir/checkpoints.
 
   Args:
@@ -90,7 +90,8 @@ def manager(workdir, keep: int, every: int = 1, last_step: int | None = None,
     keep: how many recent checkpoints to keep (the best by val loss is kept as well).
     every: save when the step is a multiple of it.
     last_step: also save at this step (the end of training).
-    asynchronous: write in the background (`save` returns before the files are complete).
+    asynchronous: write in the background (`save` returns before the files are complete; the
+      training loop's choice).
   """
   saving = sdp.AnySavePolicy([sdp.FixedIntervalPolicy(every)] + (
       [sdp.SpecificStepsPolicy([last_step])] if last_step is not None else []))

@@ -209,7 +209,8 @@ def train_and_evaluate(config, workdir, model=None, mesh=None) -> dict:
 
   state, shardings, tx = init_state(config, model, mesh)
   checkpoint.bind_fields(workdir, run_fields(config, shard_dir))
-  mngr = checkpoint.manager(workdir, t.keep_checkpoints, t.checkpoint_every, t.steps)
+  mngr = checkpoint.manager(workdir, t.keep_checkpoints, t.checkpoint_every, t.steps,
+                            asynchronous=True)
   state = checkpoint.restore_latest(mngr, state)
   start = int(state.step)
   if start:
