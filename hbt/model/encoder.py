@@ -199,6 +199,10 @@ class Encoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
   remat: bool = False  # recompute layer activations in the backward pass to save memory.
+  # Layers per step of the layer loop; 0: all of them (straight-line code, fastest) without remat,
+  # 1 with remat (each layer is then recomputed inside the backward loop; unrolled, XLA may hoist
+  # every recomputation into the forward pass and save nothing).
+  scan_unroll: int = 0
 
   @nn.compact
   def __call__(self, ids, mask, deterministic: bool = True, rows=None):
@@ -221,7 +225,8 @@ class Encoder(nn.Module):
     stack = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                     'dropout': True},
                     in_axes=nn.broadcast, length=a.layers,
-                    metadata_params={nn.PARTITION_NAME: 'layers'}, unroll=a.layers)
+                    metadata_params={nn.PARTITION_NAME: 'layers'},
+                    unroll=self.scan_unroll or (1 if self.remat else a.layers))
     x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias,
                                                                                 rows)
 
