@@ -1,4 +1,4 @@
-"""The default experiment with a named hub encoder: its checkpoint id, pooling, prefixes, architecture.
+"""The default experiment with a named hub encoder: its hub id, pooling, prefixes and architecture.
 
   python -m hbt.main --config=configs/models.py:xlmr_xl --workdir=DIR [--config.x=y]
 

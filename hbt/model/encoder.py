@@ -92,7 +92,7 @@ batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
 def _constrain(x, axes):
-  """Shards a hidden state by logical axis names (a no-op outside sharding.activation_rules)."""
+  """Shards a hidden state by logical axis names (no-op outside sharding.with_activation_rules)."""
   return nn.with_logical_constraint(x, axes)
 
 

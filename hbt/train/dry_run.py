@@ -15,8 +15,8 @@ devices it has. Printed, per step and per device unless said otherwise:
   params / opt     bytes of this device's shards of the params and of the optimizer state;
   temp             XLA's temporaries: activations kept for the backward pass, gradients, buffers;
   peak             arguments + outputs - donated aliases + temporaries.
-A CPU compile sees the same shapes and shardings as a TPU or GPU one but schedules differently, so the
-temp figure is an estimate of an accelerator's; the params and optimizer figures are exact.
+A CPU compile sees the same shapes and shardings as a TPU or GPU one but schedules differently, so
+the temp figure is an estimate of an accelerator's; the params and optimizer figures are exact.
 """
 
 import dataclasses
@@ -30,7 +30,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 
 from hbt import sharding
 from hbt.model import encoder

@@ -219,7 +219,8 @@ def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: 
                          temperature=train_config.loss_temperature,
                          symmetric=train_config.symmetric_loss,
                          accum_steps=train_config.grad_accum_steps)
-  return jax.jit(sharding.with_activation_rules(fn, mesh, rules), in_shardings=(shardings, sharding.batch_sharding(mesh)),
+  return jax.jit(sharding.with_activation_rules(fn, mesh, rules),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
@@ -227,5 +228,6 @@ def jit_eval_step(module, shardings: TrainState, mesh, train_config, rules=()):
   """eval_step jitted over the mesh."""
   fn = functools.partial(eval_step, module=module, temperature=train_config.loss_temperature,
                          symmetric=train_config.symmetric_loss)
-  return jax.jit(sharding.with_activation_rules(fn, mesh, rules), in_shardings=(shardings, sharding.batch_sharding(mesh)),
+  return jax.jit(sharding.with_activation_rules(fn, mesh, rules),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
