@@ -238,6 +238,8 @@ def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
   assert set(s['pairs']) == {'en-en', 'en-th', 'th-en', 'th-th'}
   assert 0 <= s['summary']['all']['mono']['ap'] <= 1 and s['budget']['steps'] == 2
   assert sum(s['describe']['kinds'].values()) == 2 and s['timing']['train_s'] > 0
+  assert any('val/loss' in row for row in s['curves'])  # the rows of metrics.jsonl
+  assert len(s['per_query']['qids']) == 1190 and len(s['per_query']['mono']['th']) == 1190
   assert not (tmp_path / 'runs' / 'mlqa_to_xquad.hybrid.seed0' / 'checkpoints').exists()
   assert sweep_lib.run_sweep(toy, tmp_path / 'runs', tmp_path / 'summaries', run_fn=None,
                              log=lambda _: None)['ran'] == []
