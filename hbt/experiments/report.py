@@ -424,6 +424,44 @@ def plot_map(runs: Runs, path: pathlib.Path) -> None:
   _save(fig, path)
 
 
+CURVES = (('val/loss', 'validation loss'), ('val_map/multi/ap', 'validation multi mAP'))
+
+
+def curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
+  """(steps, mean over the runs) of one scalar of the runs' training curves."""
+  values = collections.defaultdict(list)
+  for s in runs:
+    for row in s.get('curves') or ():
+      if row.get(key) is not None:
+        values[row['step']].append(row[key])
+  steps = sorted(values)
+  return steps, [float(np.mean(values[t])) for t in steps]
+
+
+def plot_curves(runs: Runs, path: pathlib.Path) -> bool:
+  """Validation figures over the training steps, per arm (mean over seeds); False if none."""
+  if not any(curve(runs.get(d, a), k)[0] for d in runs.directions for a in runs.arms
+             for k, _ in CURVES):
+    return False
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(CURVES), len(runs.directions), squeeze=False, dpi=110,
+                           figsize=(6 * len(runs.directions), 3.2 * len(CURVES)))
+  for col, d in enumerate(runs.directions):
+    for row, (key, label) in enumerate(CURVES):
+      ax = axes[row][col]
+      for arm in runs.arms:
+        steps, values = curve(runs.get(d, arm), key)
+        if steps:
+          ax.plot(steps, values, marker='o', markersize=3, label=arm_label(runs.spec, arm))
+      ax.set_xlabel('step')
+      ax.set_ylabel(label)
+      ax.set_title(runs.label(d), fontsize=9)
+      if ax.lines:
+        ax.legend(fontsize=7)
+  _save(fig, path)
+  return True
+
+
 def plot_language_mix(runs: Runs, path: pathlib.Path) -> bool:
   """Per dataset: the share of training pairs whose query is in each language, per arm."""
   plt = _pyplot()
@@ -492,6 +530,7 @@ def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str)
   """The Markdown section; writes the PNGs into `figures` (linked as rel/<name>)."""
   plot_map(runs, figures / f'{runs.name}_map.png')
   has_mix = plot_language_mix(runs, figures / f'{runs.name}_langmix.png')
+  has_curves = plot_curves(runs, figures / f'{runs.name}_curves.png')
   sections = [
       f'## Sweep `{runs.name}`', _header(runs, runs_dir, out),
       '### Headline (computed)', headline(runs),
@@ -509,6 +548,9 @@ def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str)
   sections += ['### Language mix of the training batches', table_language_mix(runs)]
   if has_mix:
     sections.append(f'![query languages of the training pairs]({rel}/{runs.name}_langmix.png)')
+  if has_curves:
+    sections += ['### Convergence (validation evaluators, mean over seeds)',
+                 f'![validation curves]({rel}/{runs.name}_curves.png)']
   sections += ['### Paired tests over questions', PAIRED_TESTS, table_tests(runs)]
   return '\n\n'.join(sections) + '\n'
 
