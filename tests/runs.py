@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
@@ -90,10 +91,17 @@ def finish_job(workdir, procs, timeout: float = 600) -> list[str]:
 
 
 def restore_params(workdir) -> tuple[int, dict]:
-  """(latest checkpointed step, its params as numpy arrays) in workdir/checkpoints."""
-  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints')
+  """(latest checkpointed step, its params) in workdir/checkpoints, on this process's first device.
+
+  The run may have had other devices (or processes) than this one: the arrays are placed anew.
+  """
+  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
+                               item_handlers=ocp.StandardCheckpointHandler())
   step = mngr.latest_step()
-  return step, mngr.restore(step, args=ocp.args.StandardRestore())['params']
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        mngr.item_metadata(step).tree)
+  return step, mngr.restore(step, args=ocp.args.StandardRestore(target))['params']
 
 
 def assert_params_equal(a: dict, b: dict, atol: float = 0.0) -> None:
