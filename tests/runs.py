@@ -20,13 +20,21 @@ import tensorflow as tf
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny(checkpoint, data_dir, steps, **extra) -> list[str]:
-  """--config.* flags for a fast run of the tiny checkpoint written by test_weights."""
-  flags = {'model.source': 'hf', 'model.checkpoint': str(checkpoint), 'model.dtype': 'float32',
-           'data.dir': str(data_dir), 'train.steps': steps, 'train.batch_size': 8,
-           'train.warmup_steps': 2, 'train.learning_rate': 1e-3, 'train.max_query_length': 16,
-           'train.max_passage_length': 32, 'eval.progress': False, **extra}
-  return [f'--config.{k}={v}' for k, v in flags.items()]
+def tiny_overrides(checkpoint_dir, data_dir, steps: int) -> dict:
+  """Config overrides (dotted field -> value) for a fast run of the tiny model (test_weights)."""
+  return {'model.source': 'hf', 'model.checkpoint': str(checkpoint_dir), 'model.dtype': 'float32',
+          'data.dir': str(data_dir), 'train.steps': steps, 'train.batch_size': 8,
+          'train.warmup_steps': 2, 'train.learning_rate': 1e-3, 'train.max_query_length': 16,
+          'train.max_passage_length': 32, 'train.log_every': 2, 'train.checkpoint_every': 2,
+          'eval.progress': False, 'data.train_langs': 'en,de,es', 'data.val_fraction': 0.2,
+          'eval.langs': 'en,de,th', 'evals.val.every': 2, 'evals.val.batches': 2,
+          'evals.val_map.every': 3, 'evals.val_map.max_ids': 24}
+
+
+def tiny(checkpoint_dir, data_dir, steps, **extra) -> list[str]:
+  """The --config.* flags of `tiny_overrides`, plus `extra`."""
+  overrides = {**tiny_overrides(checkpoint_dir, data_dir, steps), **extra}
+  return [f'--config.{k}={v}' for k, v in overrides.items()]
 
 
 def _environ(devices: int, env=None) -> dict:

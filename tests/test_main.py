@@ -12,14 +12,8 @@ from tests import runs
 from tests import test_train
 
 
-def tiny(checkpoint_dir, data_dir, steps, **extra) -> list[str]:
-  """The --config.* flags of a fast run of the tiny model (tests/test_train.py), plus `extra`."""
-  overrides = {**test_train.tiny_overrides(checkpoint_dir, data_dir, steps), **extra}
-  return [f'--config.{k}={v}' for k, v in overrides.items()]
-
-
 def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp_path):
-  args = tiny(tiny_checkpoint, data_dir, 24, **{
+  args = runs.tiny(tiny_checkpoint, data_dir, 24, **{
       'mode': 'train', 'train.checkpoint_every': 4, 'train.log_every': 1, 'evals.val.every': 12,
       'evals.val_map.every': 0})
   runs.finish(runs.hbt_main(tmp_path / 'straight', *args))

@@ -8,13 +8,13 @@ checkpoint, the other stops by itself, both restart and end with the uninterrupt
 """
 
 import json
-import os
 import signal
 import time
 
 import pytest
 
 from tests import runs
+from tests import test_train
 
 STEPS, CHECKPOINT_EVERY = 16, 4
 # 2 devices in all: one all-reduce adds 2 numbers, the same sum in either order, so 1 process
@@ -28,15 +28,15 @@ TIMING = ('per_s', 'per_sec', 'uptime', 'timing', 'wall_s', 'train_s', 'encode_s
 def job_flags(tiny_checkpoint, data_dir, mode: str) -> list[str]:
   """The job every run here makes (the training fields are shared by every mode)."""
   return runs.tiny(tiny_checkpoint, data_dir, STEPS, **{
-      'mode': mode, 'eval.langs': 'en,de', 'train.log_every': 1, 'train.val_every': 8,
-      'train.checkpoint_every': CHECKPOINT_EVERY})
+      'mode': mode, 'eval.langs': 'en,de', 'train.log_every': 1, 'evals.val.every': 8,
+      'evals.val_map.every': 8, 'train.checkpoint_every': CHECKPOINT_EVERY})
 
 
 @pytest.fixture(scope='module')
 def one_and_two(tiny_checkpoint, data_dir, tmp_path_factory):
   """The job (mode 'all') run as 1 process with 2 devices and as 2 processes with 1 device each."""
   root = tmp_path_factory.mktemp('multihost')
-  flags = job_flags(tiny_checkpoint, data_dir, os.environ.get('MH_MODE', 'all'))
+  flags = job_flags(tiny_checkpoint, data_dir, 'all')
   one = runs.hbt_main(root / 'one', *flags, devices=PROCESSES * DEVICES)
   two = runs.hbt_job(root / 'two', *flags, processes=PROCESSES, devices=DEVICES)
   logs = runs.finish_job(root / 'two', two)
@@ -64,20 +64,25 @@ def assert_numbers_close(a: dict, b: dict, what: str, atol: float = 1e-5) -> Non
   assert abs(a[worst] - b[worst]) <= atol, f'{what}: {worst} is {a[worst]} and {b[worst]}'
 
 
+def scalars(workdir) -> dict[str, float]:
+  """metrics.jsonl as {'<step>/<name>': value}, without the timing scalars."""
+  return {f'{r["step"]}/{k}': v for r in test_train.read_metrics(workdir) for k, v in r.items()
+          if k != 'step' and not any(t in k for t in TIMING)}
+
+
 def test_two_processes_equal_one(one_and_two):
   one, one_out, two, (log0, log1), pid0 = one_and_two
-  # Training losses, validation figures (and any other scalar), step by step.
-  scalars = [{k: v for k, v in runs.tensorboard_scalars(w).items()
-              if not any(t in k[1] for t in TIMING)} for w in (one, two)]
-  tags = {tag for _, tag in scalars[0]}
-  assert {'loss', 'val_loss', 'val_accuracy'} <= tags, tags
-  assert sorted(step for step, tag in scalars[0] if tag == 'loss') == list(range(1, STEPS + 1))
-  assert sorted(step for step, tag in scalars[0] if tag == 'val_loss') == [8, 16]
-  assert_numbers_close(*[{f'{s}/{t}': v for (s, t), v in x.items()} for x in scalars], 'scalars')
+  # Training losses, validation and evaluation figures, step by step (every scalar written).
+  a, b = scalars(one), scalars(two)
+  for name, steps in (('train/loss', range(1, STEPS + 1)), ('val/loss', (0, 8, 16)),
+                      ('val/accuracy', (0, 8, 16)), ('val_map/mono/ap', (0, 8, 16)),
+                      ('zero_shot/mono/ap', (0, 16)), ('zero_shot/multi/ap', (0, 16))):
+    assert [k for k in a if k.split('/', 1)[1] == name] == [f'{s}/{name}' for s in steps], name
+  assert_numbers_close(a, b, 'metrics.jsonl')
 
   # Evaluation reports before and after training: every metric of every language pair.
   reports = sorted(p.name for p in (one / 'eval').glob('*.json'))
-  assert 'xquad_r_before.json' in reports and 'xquad_r_after.json' in reports
+  assert {'xquad_r_before.json', 'xquad_r_after.json'} <= set(reports), reports
   assert reports == sorted(p.name for p in (two / 'eval').glob('*.json'))
   for name in reports:
     a, b = [numbers(json.loads((w / 'eval' / name).read_text())) for w in (one, two)]
@@ -90,20 +95,19 @@ def test_two_processes_equal_one(one_and_two):
   step_a, params_a = runs.restore_params(one)
   step_b, params_b = runs.restore_params(two)
   assert step_a == step_b == STEPS
-  assert list((two / 'checkpoints' / str(STEPS) / 'default').glob('ocdbt.process_1'))
+  assert (two / 'checkpoints' / str(STEPS) / 'default' / 'ocdbt.process_1').is_dir()
   runs.assert_params_equal(params_a, params_b, atol=1e-6)
 
   # Reports and logs from process 0 only: the same files as the 1-process run (checkpoint
-  # internals aside), TensorBoard files of process 0 alone, tables in process 0's console only.
+  # internals aside), TensorBoard files of process 0 alone, metrics in process 0's console only.
   def files(workdir):
     return sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')
-                  if p.is_file() and 'checkpoints' not in p.parts)
-  assert [f for f in files(two) if 'tensorboard' not in f] == \
-      [f for f in files(one) if 'tensorboard' not in f]
+                  if p.is_file() and 'checkpoints' not in p.parts and 'tensorboard' not in p.parts)
+  assert files(two) == files(one)
   event_files = [p.name for p in (two / 'tensorboard').rglob('events.out.tfevents.*')]
   assert event_files and all(f'.{pid0}.' in name for name in event_files), event_files
-  assert 'after training' in log0 and 'after training' in one_out
-  assert 'after training' not in log1 and 'step 1/' not in log1
+  assert 'train/loss' in log0 and 'train/loss' in one_out
+  assert 'train/loss' not in log1 and 'zero_shot' not in log1
 
 
 def test_sigkill_one_process_then_restart_both(one_and_two, tiny_checkpoint, data_dir,
@@ -124,8 +128,14 @@ def test_sigkill_one_process_then_restart_both(one_and_two, tiny_checkpoint, dat
   killed_at, _ = runs.restore_params(workdir)
   assert CHECKPOINT_EVERY <= killed_at < STEPS
 
-  runs.finish_job(workdir, runs.hbt_job(workdir, *flags, processes=PROCESSES, devices=DEVICES))
+  logs = runs.finish_job(workdir, runs.hbt_job(workdir, *flags, processes=PROCESSES,
+                                                devices=DEVICES))
+  assert f'resuming from the checkpoint at step {killed_at}' in logs[0]
   step_a, straight = runs.restore_params(two)
   step_b, resumed = runs.restore_params(workdir)
   assert step_a == step_b == STEPS
   runs.assert_params_equal(straight, resumed)
+  # Every step's loss once, as the uninterrupted run's (the killed run's later lines dropped).
+  losses = [{k: v for k, v in scalars(w).items() if k.endswith('/train/loss')}
+            for w in (two, workdir)]
+  assert len(losses[1]) == STEPS and losses[1] == losses[0]

@@ -18,22 +18,12 @@ from hbt.eval import evaluators
 from hbt.train import checkpoint
 from hbt.train import loop
 from hbt.train import step as step_lib
-
-
-def tiny_overrides(checkpoint_dir, data_dir, steps: int) -> dict:
-  """Config overrides (dotted field -> value) for a fast run of the tiny model."""
-  return {'model.source': 'hf', 'model.checkpoint': str(checkpoint_dir), 'model.dtype': 'float32',
-          'data.dir': str(data_dir), 'train.steps': steps, 'train.batch_size': 8,
-          'train.warmup_steps': 2, 'train.learning_rate': 1e-3, 'train.max_query_length': 16,
-          'train.max_passage_length': 32, 'train.log_every': 2, 'train.checkpoint_every': 2,
-          'eval.progress': False, 'data.train_langs': 'en,de,es', 'data.val_fraction': 0.2,
-          'eval.langs': 'en,de,th', 'evals.val.every': 2, 'evals.val.batches': 2,
-          'evals.val_map.every': 3, 'evals.val_map.max_ids': 24}
+from tests import runs
 
 
 def tiny_config(checkpoint_dir, data_dir, steps: int, **extra):
   config = default.get_config()
-  for field, value in {**tiny_overrides(checkpoint_dir, data_dir, steps), **extra}.items():
+  for field, value in {**runs.tiny_overrides(checkpoint_dir, data_dir, steps), **extra}.items():
     node = config
     *parents, leaf = field.split('.')
     for part in parents:

@@ -173,9 +173,9 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 
 def make_writer(workdir, resume_step: int) -> metric_writers.MetricWriter:
-  """Console (absl logging) on every process; TensorBoard and metrics.jsonl on process 0."""
+  """Console (absl logging), TensorBoard and metrics.jsonl, from process 0 only."""
   if jax.process_index() > 0:
-    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
+    return metric_writers.MultiWriter([])
   workdir = io.path(workdir)
   return metric_writers.MultiWriter([
       metric_writers.LoggingWriter(),
