@@ -257,13 +257,6 @@ def trained_params(config, workdir, step: str = 'latest') -> tuple[build.Model, 
   return model, jax.device_get(step_lib.merge_params(state)), chosen
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, "The run's config file (and overrides).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, "The run's workdir (its checkpoints/).")
-_OUT = flags.DEFINE_string('out', None, 'Folder to write (new or empty).')
-_STEP = flags.DEFINE_string('step', 'latest', "Checkpoint: 'latest', 'best' or a step number.")
-
-
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -276,5 +269,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a program, so that the library imports beside others.
+  _CONFIG = config_flags.DEFINE_config_file('config', None, "The run's config file (and overrides).",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, "The run's workdir (its checkpoints/).")
+  _OUT = flags.DEFINE_string('out', None, 'Folder to write (new or empty).')
+  _STEP = flags.DEFINE_string('step', 'latest', "Checkpoint: 'latest', 'best' or a step number.")
   flags.mark_flags_as_required(['config', 'workdir', 'out'])
   app.run(main)

@@ -584,10 +584,6 @@ def write_report(runs_dir, out) -> pathlib.Path:
   return out
 
 
-_RUNS = flags.DEFINE_string('runs', None, 'Folder of run summaries, docs/results/runs/<sweep>.')
-_OUT = flags.DEFINE_string('out', 'docs/results.md', 'Markdown file to update.')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -599,5 +595,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a program, so that the library imports beside others.
+  _RUNS = flags.DEFINE_string('runs', None, 'Folder of run summaries, docs/results/runs/<sweep>.')
+  _OUT = flags.DEFINE_string('out', 'docs/results.md', 'Markdown file to update.')
   flags.mark_flags_as_required(['runs'])
   app.run(main)

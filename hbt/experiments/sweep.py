@@ -245,16 +245,6 @@ def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: st
   return {'done': done, 'skipped': skipped, 'ran': ran}
 
 
-_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, e.g. configs/sweeps/strategies.py.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent folder of the runs (not kept).')
-_SUMMARIES = flags.DEFINE_string('summaries', None,
-                                 'Folder of the run summaries; default docs/results/runs/<name>.')
-_ONLY = flags.DEFINE_string('only', '', 'Comma-separated globs of run names, e.g. "*.seed0".')
-_MAX_RUNS = flags.DEFINE_integer('max_runs', 0, 'Stop after this many runs (0: no limit).')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands of the unfinished runs.')
-_KEEP = flags.DEFINE_bool('keep_checkpoints', False, "Keep each run's checkpoints.")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -275,5 +265,14 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a program, so that the library imports beside others.
+  _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, e.g. configs/sweeps/strategies.py.')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent folder of the runs (not kept).')
+  _SUMMARIES = flags.DEFINE_string('summaries', None,
+                                   'Folder of the run summaries; default docs/results/runs/<name>.')
+  _ONLY = flags.DEFINE_string('only', '', 'Comma-separated globs of run names, e.g. "*.seed0".')
+  _MAX_RUNS = flags.DEFINE_integer('max_runs', 0, 'Stop after this many runs (0: no limit).')
+  _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands of the unfinished runs.')
+  _KEEP = flags.DEFINE_bool('keep_checkpoints', False, "Keep each run's checkpoints.")
   flags.mark_flags_as_required(['sweep', 'workdir'])
   app.run(main)
