@@ -195,7 +195,8 @@ def train_and_evaluate(config, workdir, model=None, mesh=None) -> dict:
 
   Resumes from the latest checkpoint in workdir. Returns {'train_s', 'steps': (first, last),
   'evaluators': [the evaluators, holding their benchmark results by step], 'train_langs',
-  'describe': the batch mix of the shards}.
+  'describe': the batch mix of the shards, 'overlap': {evaluator: sentence overlap with the
+  training pairs}, 'state': the final TrainState}.
   """
   workdir = io.path(workdir)
   t = config.train
