@@ -378,6 +378,12 @@ def write_summary(workdir, results: dict) -> dict:
                                     'summary': summary,
                                     'sentence_overlap': results['overlap'].get(evaluator.name)}
   logging.info('group metric: %s', evaluate.GROUP_METRIC)
+  mix = results['describe']
+  if mix:
+    logging.info('batch mix: %s batches (%s); pairs per query language %s; %d language pairs, '
+                 'most drawn %s', mix['num_batches'], mix['kinds'], mix['query_langs'],
+                 len(mix['lang_pairs']),
+                 dict(sorted(mix['lang_pairs'].items(), key=lambda kv: -kv[1])[:5]))
   logging.info('wall time: %.0f s (training %.0f s)', results['wall_s'], results['train_s'])
   if jax.process_index() == 0:
     io.write_json(io.path(workdir) / 'eval' / 'summary.json', out)
