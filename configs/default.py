@@ -109,6 +109,19 @@ def get_config(arg=None):
   # InfoNCE temperature (1.0: plain cosine logits). The paper states none; 0.05 is hbt's choice.
   config.train.loss_temperature = 0.05
   config.train.symmetric_loss = False  # Also score positives -> queries (symmetric InfoNCE).
+  # Extra alignment terms between parallel translations (InfoNCE across languages, over the
+  # cross-lingual pairs of a batch; 0: off; > 0 adds the shards' 'query2' / 'positive2' sides):
+  config.train.parallel_query_weight = 0.0  # query <-> the id's query in the positive's language
+  config.train.parallel_passage_weight = 0.0  # positive <-> the id's positive in the query's lang
+  # Domain-adversarial baseline: a language discriminator on the pooled query and positive
+  # embeddings behind gradient reversal (hbt/train/adversarial.py).
+  config.train.adversarial = ml_collections.ConfigDict()
+  config.train.adversarial.weight = 0.0  # Weight of the discriminator's loss; 0 disables it.
+  # Reversal strength over the run: 'dann' lambda_max * (2 / (1 + exp(-10 p)) - 1), p = step /
+  # steps, or 'constant' lambda_max.
+  config.train.adversarial.schedule = 'dann'
+  config.train.adversarial.lambda_max = 1.0  # The largest reversal strength lambda.
+  config.train.adversarial.hidden = 0  # Hidden units of the discriminator MLP; 0: linear.
   config.train.hard_negatives = 0  # Hard negatives per pair from the pairs file (0 = none).
   config.train.freeze_embeddings = True  # Freeze the word embeddings (96M of mE5-small's 118M).
   config.train.grad_accum_steps = 1  # Split each global batch into this many micro-batches.

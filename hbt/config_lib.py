@@ -12,6 +12,7 @@ from hbt.data import sources
 from hbt.eval import beir
 from hbt.model import dtype as dtype_lib
 from hbt.model import encoder
+from hbt.train import adversarial
 
 MODES = ('all', 'prepare', 'train', 'eval', 'dry_run')
 
@@ -134,6 +135,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(isinstance(t.symmetric_loss, bool), 'train.symmetric_loss', 'must be a bool',
          t.symmetric_loss)
   _number(config, 'train.hard_negatives', 0, 16, integer=True)
+  _number(config, 'train.parallel_query_weight', 0.0, 100.0)
+  _number(config, 'train.parallel_passage_weight', 0.0, 100.0)
+  _number(config, 'train.adversarial.weight', 0.0, 100.0)
+  _choice(config, 'train.adversarial.schedule', adversarial.SCHEDULES)
+  _number(config, 'train.adversarial.lambda_max', 0.0, 100.0)
+  _number(config, 'train.adversarial.hidden', 0, 65536, integer=True)
   _check(isinstance(t.freeze_embeddings, bool), 'train.freeze_embeddings', 'must be a bool',
          t.freeze_embeddings)
   _number(config, 'train.grad_accum_steps', 1, integer=True)

@@ -241,8 +241,9 @@ def trained_params(config, workdir, step: str = 'latest') -> tuple[build.Model, 
   mesh = sharding.make_mesh(config.mesh)
   tx = step_lib.make_optimizer(config.train)
   freeze = config.train.freeze_embeddings
-  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, freeze)
-  state = step_lib.create_state(model.params, tx, shardings, freeze)
+  heads = step_lib.heads(config.train, model.module, config.seed)  # restored, not exported
+  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, freeze, heads)
+  state = step_lib.create_state({**model.params, **heads}, tx, shardings, freeze)
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   if step == 'latest':
     chosen = mngr.latest_step()

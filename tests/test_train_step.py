@@ -115,7 +115,9 @@ def test_in_batch_accuracy_ignores_the_own_group():
 def train_config(**overrides):
   c = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, weight_decay=0.01, warmup_steps=1, steps=10, grad_clip_norm=1.0,
-      loss_temperature=0.05, symmetric_loss=False, grad_accum_steps=1, freeze_embeddings=True))
+      loss_temperature=0.05, symmetric_loss=False, grad_accum_steps=1, freeze_embeddings=True,
+      parallel_query_weight=0.0, parallel_passage_weight=0.0,
+      adversarial=dict(weight=0.0, schedule='dann', lambda_max=1.0, hidden=0)))
   c.update(overrides)
   return c
 
@@ -143,8 +145,9 @@ def run_steps(devices, config, batches, dropout=0.1):
   dummy = jnp.zeros((1, 4), jnp.int32)
   params = jax.tree.map(np.asarray, nn_unbox(module.init(jax.random.key(0), dummy, dummy)))
   tx = step_lib.make_optimizer(config)
-  shardings = step_lib.state_shardings(module, tx, mesh, RULES, config.freeze_embeddings)
-  state = step_lib.create_state(params, tx, shardings, config.freeze_embeddings)
+  heads = step_lib.heads(config, module, seed=0)
+  shardings = step_lib.state_shardings(module, tx, mesh, RULES, config.freeze_embeddings, heads)
+  state = step_lib.create_state({**params, **heads}, tx, shardings, config.freeze_embeddings)
   fn = step_lib.jit_train_step(module, tx, shardings, mesh, config, seed=0)
   metrics = []
   for b in batches:

@@ -11,6 +11,9 @@ Element of the dataset (B global pairs, P processes, b = B / P rows per process)
   * with hard negatives only: 'negative_tokens', 'negative_mask': int32 [b, k, Ln].
   * 'query_group', 'positive_group': int32 [b]; with hard negatives 'negative_group' int32 [b, k]
     (positive groups: the loss masks in-batch false negatives with them).
+  * 'query_lang', 'positive_lang': int32 [b], each language's index in LANGS (-1: not in it).
+  * shards prepared with parallel sides only: 'query2_*' and 'positive2_*' as 'query_*' and
+    'positive_*' (each id's query in the positive's language, its positive in the query's).
 """
 
 from collections.abc import Iterator
@@ -20,9 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 from hbt import io
+from hbt.data import pairs as pairs_lib
 
 MANIFEST = 'manifest.json'  # Written last by `shards.prepare`: its presence marks a complete folder.
 STRING_KEYS = ('ids', 'query_langs', 'positive_langs')
+# The language vocabulary of the batches' language ids (the language discriminator's classes).
+LANGS = tuple(sorted(pairs_lib.KNOWN_LANGS))
 
 
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
@@ -40,7 +46,8 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
 
 
 def _sides(manifest: dict) -> tuple[str, ...]:
-  return ('query', 'positive') + (('negative',) if manifest['hard_negatives'] > 0 else ())
+  return (('query', 'positive') + (('negative',) if manifest['hard_negatives'] > 0 else ()) +
+          (('query2', 'positive2') if manifest.get('parallel') else ()))
 
 
 def _feature_spec(manifest: dict) -> dict:
@@ -68,11 +75,16 @@ def _parser(manifest: dict, process_index: int, process_count: int):
   start = process_index * rows
   k = manifest['hard_negatives']
 
+  langs = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(LANGS), tf.range(len(LANGS))), -1)
+
   def parse(record):
     x = tf.io.parse_single_example(record, spec)
     out = {'step': tf.cast(x['step'], tf.int32), 'kind': x['kind']}
     for key in STRING_KEYS:
       out[key] = x[key][start:start + rows]
+    out['query_lang'] = langs.lookup(out['query_langs'])
+    out['positive_lang'] = langs.lookup(out['positive_langs'])
     for side in sides:
       shape = tf.cast(x[f'{side}_shape'], tf.int32)
       static = [rows, k, None] if side == 'negative' else [rows, None]

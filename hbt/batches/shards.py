@@ -22,6 +22,9 @@ Record schema (one `tf.train.Example` per step; B pairs, k hard negatives per pa
   * 'query_group', 'positive_group': int64 [B], each pair's positive group (`PairSet.groups`);
     k > 0 only: 'negative_group' int64 [B * k], the group whose positive the hard negative's text
     is, or -1. The loss leaves a query's own group out of its negatives.
+  * prepared with `parallel` only (the alignment terms): the sides 'query2' (each id's query in
+    its positive's language) and 'positive2' (its positive in its query's language), with
+    tokens, mask, shape and group as 'query' and 'positive'.
 Tokens are right-padded with the tokenizer's pad id; masks are 1 on real tokens, 0 on padding.
 Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) that holds the longest text
 of its side in that batch, so the train step sees only a few distinct shapes.
@@ -51,7 +54,7 @@ FORMAT_VERSION = 2  # 2: positive groups
 MANIFEST = input_pipeline.MANIFEST
 DEFAULT_NUM_SHARDS = 8
 HASH_PREFIX = 16
-SIDES = ('query', 'positive', 'negative')
+SIDES = ('query', 'positive', 'negative', 'query2', 'positive2')
 
 
 def _json_default(value):
@@ -151,8 +154,11 @@ def _negative_texts(pairs: PairSet, batch: sampler_lib.Batch, k: int) -> list[st
 
 
 def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_length: int,
-                 max_passage_length: int, hard_negatives: int = 0) -> dict[str, EncodedSide]:
-  """The tokenised sides of one batch: 'query', 'positive' and, if hard_negatives > 0, 'negative'.
+                 max_passage_length: int, hard_negatives: int = 0,
+                 parallel: bool = False) -> dict[str, EncodedSide]:
+  """The tokenised sides of one batch: 'query', 'positive', if hard_negatives > 0 'negative', and
+  if `parallel` 'query2' and 'positive2' (the id's query in the positive's language and positive
+  in the query's language; for a same-language pair, the same texts).
 
   Negative tokens and mask are [B, k, Ln]; the others [B, L].
 
@@ -167,6 +173,13 @@ def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_
   sides = {'query': _encode_side(full, queries, 'query', max_query_length),
            'positive': _encode_side(full, positives, 'passage', max_passage_length)}
   sides['query'].group = sides['positive'].group = groups
+  if parallel:
+    swapped = dataclasses.replace(batch, query_langs=batch.positive_langs,
+                                  positive_langs=batch.query_langs)
+    queries2, positives2 = sampler_lib.batch_texts(pairs, swapped)
+    sides['query2'] = _encode_side(full, queries2, 'query', max_query_length)
+    sides['positive2'] = _encode_side(full, positives2, 'passage', max_passage_length)
+    sides['query2'].group = sides['positive2'].group = groups
   if hard_negatives > 0:
     texts = _negative_texts(pairs, batch, hard_negatives)
     neg = _encode_side(full, texts, 'passage', max_passage_length)
@@ -214,13 +227,16 @@ def _length_stats(lengths: Sequence[int], max_length: int) -> dict:
 
 
 def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: int,
-            max_passage_length: int, hard_negatives: int, pad_id: int) -> dict:
-  """What the folder hash covers: the caller's fields plus prepare's own arguments."""
+            max_passage_length: int, hard_negatives: int, pad_id: int,
+            parallel: bool = False) -> dict:
+  """What the folder hash covers: the caller's fields plus prepare's own arguments ('parallel'
+  only when set, so folders prepared without it keep their hash)."""
   return {'fields': fields,
           'prepare': {'format_version': FORMAT_VERSION, 'batch_size': batch_size,
                       'num_steps': num_steps, 'max_query_length': max_query_length,
                       'max_passage_length': max_passage_length,
-                      'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': buckets.BUCKETS}}
+                      'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': buckets.BUCKETS,
+                      **({'parallel': True} if parallel else {})}}
 
 
 def _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives,
@@ -235,7 +251,8 @@ def _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_ne
 def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.Sampler,
             pairs: PairSet, tokenizer, num_steps: int, max_query_length: int,
             max_passage_length: int, hard_negatives: int = 0,
-            num_shards: int = DEFAULT_NUM_SHARDS, progress: bool = True) -> epath.Path:
+            num_shards: int = DEFAULT_NUM_SHARDS, progress: bool = True,
+            parallel: bool = False) -> epath.Path:
   """Writes (or reuses) the tokenised global batches of steps 0 .. num_steps-1.
 
   The folder is `out_root/<hash[:16]>/`, the hash being `config_hash` of `fields` together with
@@ -269,6 +286,8 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
     hard_negatives: k, the hard negatives per pair (the first k of the pair's positive language).
     num_shards: how many TFRecord files (at most num_steps are used).
     progress: show a progress bar.
+    parallel: also write the 'query2' and 'positive2' sides (the alignment terms'); the manifest
+      says 'parallel': true.
 
   Returns:
     The shard folder.
@@ -282,7 +301,7 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   max_q = _cap(max_query_length, tokenizer)
   max_p = _cap(max_passage_length, tokenizer)
   hashed = _hashed(fields, sampler.batch_size, num_steps, max_q, max_p, hard_negatives,
-                   int(tokenizer.pad_id))
+                   int(tokenizer.pad_id), parallel)
   digest = config_hash(hashed)
   folder = io.path(out_root) / digest[:HASH_PREFIX]
   try:
@@ -298,12 +317,13 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   num_shards = min(int(num_shards), num_steps)
   names = shard_names(num_shards)
   summary = _write_shards(folder, names, sampler, pairs, tokenizer, num_steps, max_q, max_p,
-                          hard_negatives, progress)
+                          hard_negatives, progress, parallel)
   manifest = {
       'format_version': FORMAT_VERSION, 'hash': digest, 'fields': fields,
       'prepare': hashed['prepare'], 'num_steps': num_steps, 'batch_size': sampler.batch_size,
       'hard_negatives': hard_negatives, 'max_query_length': max_q, 'max_passage_length': max_p,
-      'pad_id': int(tokenizer.pad_id), 'num_shards': num_shards, 'shards': names, **summary}
+      'pad_id': int(tokenizer.pad_id), 'num_shards': num_shards, 'shards': names,
+      'parallel': bool(parallel), **summary}
   io.write_atomic(folder / MANIFEST,
                   json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False,
                              default=_json_default).encode('utf-8'))
@@ -322,11 +342,12 @@ def false_negative_count(sides: Mapping[str, EncodedSide]) -> int:
 
 def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, tokenizer,
                   num_steps: int, max_q: int, max_p: int, hard_negatives: int,
-                  progress: bool) -> dict:
+                  progress: bool, parallel: bool = False) -> dict:
   """Writes every step round robin into the shards; returns the manifest's summary fields."""
   finals = [folder / name for name in names]
   tmps = [io.tmp_name(path) for path in finals]
-  max_lengths = {'query': max_q, 'positive': max_p, 'negative': max_p}
+  max_lengths = {'query': max_q, 'positive': max_p, 'negative': max_p, 'query2': max_q,
+                 'positive2': max_p}
   lengths = {side: [] for side in SIDES}
   counts = {side: {} for side in SIDES}
   shapes = {}
@@ -336,7 +357,7 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
     for step in tqdm.trange(num_steps, desc='prepare batches', unit='batch',
                             disable=not progress):
       batch = sampler.batch(step)
-      sides = encode_batch(batch, pairs, tokenizer, max_q, max_p, hard_negatives)
+      sides = encode_batch(batch, pairs, tokenizer, max_q, max_p, hard_negatives, parallel)
       writers[step % len(writers)].write(to_example(batch, sides))
       batches.append(batch)
       masked.append(false_negative_count(sides))
@@ -356,7 +377,8 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
     writer.close()
   for tmp, path in zip(tmps, finals):
     tmp.replace(path)
-  used = [side for side in SIDES if side != 'negative' or hard_negatives > 0]
+  used = [side for side in SIDES if (side != 'negative' or hard_negatives > 0) and
+          (not side.endswith('2') or parallel)]
   return {
       'describe': sampler_lib.describe(batches),
       'lengths': {side: _length_stats(lengths[side], max_lengths[side]) for side in used},

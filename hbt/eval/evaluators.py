@@ -43,7 +43,8 @@ from hbt.eval import beir
 from hbt.eval import run as eval_run
 from hbt.train import step as step_lib
 
-ARRAY_SUFFIXES = ('_tokens', '_mask', '_group')  # batch arrays the step gets
+SIDE_ARRAYS = ('_tokens', '_mask', '_group')  # arrays of each text side of a batch
+ARRAY_SUFFIXES = SIDE_ARRAYS + ('_lang',)  # batch arrays the step gets (language ids too)
 
 
 @dataclasses.dataclass
@@ -231,7 +232,7 @@ def validation_batches(config, val_pairs: pairs_lib.PairSet, tokenizer, mesh,
     sides = shards.encode_batch(sampler.batch(s), val_pairs, tokenizer, t.max_query_length,
                                 t.max_passage_length, t.hard_negatives)
     out.append({f'{name}{suffix}': getattr(side, suffix[1:])[start:start + rows]
-                for name, side in sides.items() for suffix in ARRAY_SUFFIXES})
+                for name, side in sides.items() for suffix in SIDE_ARRAYS})
   return out
 
 

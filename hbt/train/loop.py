@@ -91,14 +91,16 @@ def shard_fields(config) -> dict:
 
 # Train and model fields that change the updates (the batches are covered by the shard manifest).
 UPDATE_FIELDS = ('learning_rate', 'weight_decay', 'warmup_steps', 'grad_clip_norm',
-                 'loss_temperature', 'symmetric_loss', 'freeze_embeddings')
+                 'loss_temperature', 'symmetric_loss', 'freeze_embeddings',
+                 'parallel_query_weight', 'parallel_passage_weight', 'adversarial')
 
 
 def run_fields(config, shard_dir: epath.Path) -> dict:
   """What a run's checkpoints depend on: its batches (shard manifest) and its update rule."""
   manifest = input_pipeline.read_manifest(shard_dir)
   return {'batches': {**manifest['fields'], **manifest['prepare']},
-          'train': {k: config.train[k] for k in UPDATE_FIELDS},
+          'train': {k: (v.to_dict() if hasattr(v, 'to_dict') else v)
+                    for k, v in ((k, config.train[k]) for k in UPDATE_FIELDS)},
           'model': {'dropout_rate': config.model.dropout_rate, 'pooling': config.model.pooling}}
 
 
@@ -108,16 +110,22 @@ def prepare(config, workdir: epath.Path, tokenizer, train_pairs) -> epath.Path:
   return shards.prepare(io.path(workdir) / 'shards', shard_fields(config),
                         make_sampler(config, train_pairs), train_pairs, tokenizer, t.steps,
                         t.max_query_length, t.max_passage_length, t.hard_negatives,
-                        progress=config.eval.progress)
+                        progress=config.eval.progress, parallel=parallel_sides(config))
+
+
+def parallel_sides(config) -> bool:
+  """Whether the batches need the parallel sides 'query2' / 'positive2' (an alignment term)."""
+  return config.train.parallel_query_weight > 0 or config.train.parallel_passage_weight > 0
 
 
 def init_state(config, model, mesh):
   """(TrainState from the pretrained params, its shardings, the optimizer)."""
   tx = step_lib.make_optimizer(config.train)
+  heads = step_lib.heads(config.train, model.module, config.seed)
   shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules,
-                                       config.train.freeze_embeddings)
-  return step_lib.create_state(model.params, tx, shardings, config.train.freeze_embeddings), \
-      shardings, tx
+                                       config.train.freeze_embeddings, heads)
+  return step_lib.create_state({**model.params, **heads}, tx, shardings,
+                               config.train.freeze_embeddings), shardings, tx
 
 
 class JsonlWriter(metric_writers.MetricWriter):

@@ -62,6 +62,33 @@ def info_nce(queries: jax.Array, positives: jax.Array, *, temperature: float,
   return loss
 
 
+def parallel_info_nce(anchors: jax.Array, parallels: jax.Array, rows: jax.Array, *,
+                      temperature: float, groups: jax.Array | None = None) -> jax.Array:
+  """InfoNCE between parallel translations: anchors[i] (a query or passage in one language) should
+  score parallels[i] (the same text of its id in another language) above every other parallels[j].
+
+  Used for query-to-query and passage-to-passage alignment (config.train.parallel_query_weight,
+  parallel_passage_weight). Only the rows where the two languages differ take part (a same-language
+  row would align a text with itself); their mean, 0 when there are none. All B parallels stay
+  candidates. With `groups`, parallels of the anchor's own group (the same passage or its
+  translation) are in-batch false negatives and left out, as in `info_nce`.
+
+  Args:
+    anchors: [B, D] L2-normalised embeddings.
+    parallels: [B, D] L2-normalised embeddings of their translations.
+    rows: bool [B], the rows whose two languages differ.
+    temperature: the softmax temperature.
+    groups: optional [B] int positive group of each row.
+  """
+  logits = jnp.dot(anchors, parallels.T, preferred_element_type=jnp.float32) / temperature
+  if groups is not None:
+    logits = jnp.where(false_negatives(groups, groups), -jnp.inf, logits)
+  picked = jnp.diagonal(logits)
+  per_row = jax.nn.logsumexp(logits, axis=1) - picked
+  count = jnp.sum(rows)
+  return jnp.sum(jnp.where(rows, per_row, 0.0)) / jnp.maximum(count, 1)
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)

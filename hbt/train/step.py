@@ -15,7 +15,7 @@ the one-shot step's with dropout on too (tests/test_train_step.py).
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from hbt import sharding
+from hbt.train import adversarial as adversarial_lib
 from hbt.train import loss as loss_lib
 
 FROZEN_WHEN_FREEZING = ('word_embeddings',)
@@ -49,8 +50,19 @@ def split_params(params: dict, freeze_embeddings: bool) -> tuple[dict, dict]:
 
 
 def merge_params(state: TrainState, params=None) -> dict:
-  """The full encoder params: trainable (or the given ones) plus frozen."""
-  return {**(state.params if params is None else params), **state.frozen}
+  """The full encoder params: trainable (or the given ones) plus frozen, without the heads that
+  only training uses (the language discriminator)."""
+  params = state.params if params is None else params
+  return {**{k: v for k, v in params.items() if k != adversarial_lib.NAME}, **state.frozen}
+
+
+def heads(train_config, module: nn.Module, seed: int) -> dict:
+  """The trainable params beside the encoder's: the language discriminator under
+  config.train.adversarial.weight > 0, else none."""
+  a = train_config.adversarial
+  if a.weight <= 0:
+    return {}
+  return {adversarial_lib.NAME: adversarial_lib.init_params(a, module.arch.hidden, seed)}
 
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
@@ -100,12 +112,15 @@ def _unmicro(x: jax.Array) -> jax.Array:
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def _texts(batch: dict) -> list[tuple[str, str]]:
-  """The (tokens, mask) keys of the batch's text groups: queries, positives, [negatives]."""
-  groups = [('query_tokens', 'query_mask'), ('positive_tokens', 'positive_mask')]
-  if 'negative_tokens' in batch:
-    groups.append(('negative_tokens', 'negative_mask'))
-  return groups
+# Text groups a batch may hold, in the order their dropout keys are drawn: queries, positives,
+# hard negatives, and the parallel sides of the alignment terms (query2: each id's query in the
+# positive's language; positive2: its positive in the query's language).
+SIDES = ('query', 'positive', 'negative', 'query2', 'positive2')
+
+
+def _texts(batch: dict, sides=SIDES) -> list[tuple[str, str]]:
+  """The (tokens, mask) keys of the batch's text groups among `sides`, in SIDES order."""
+  return [(f'{s}_tokens', f'{s}_mask') for s in sides if f'{s}_tokens' in batch]
 
 
 def _groups(batch: dict) -> dict:
@@ -113,12 +128,57 @@ def _groups(batch: dict) -> dict:
   return {'groups': batch.get('positive_group'), 'negative_groups': batch.get('negative_group')}
 
 
+def _objective(embs: dict, disc, batch: dict, step, *, temperature: float, symmetric: bool,
+               parallel_query: float, parallel_passage: float, adversarial) -> tuple:
+  """(the loss a step minimises, its terms' metrics) from the embeddings of every text group.
+
+  InfoNCE, plus the configured terms: parallel_query * query-to-query and parallel_passage *
+  passage-to-passage alignment (`loss.parallel_info_nce`, over the rows whose query and positive
+  languages differ), and adversarial.weight * the language discriminator's loss on the queries and
+  positives behind gradient reversal (`adversarial`).
+  """
+  loss = loss_lib.info_nce(embs['query'], embs['positive'], temperature=temperature,
+                           negatives=embs.get('negative'), **_groups(batch), symmetric=symmetric)
+  metrics = {}
+  terms = [loss]
+  if parallel_query > 0 or parallel_passage > 0:
+    rows = batch['query_lang'] != batch['positive_lang']
+    for name, weight, side, groups in (
+        ('query_query', parallel_query, 'query', None),
+        ('passage_passage', parallel_passage, 'positive', batch.get('positive_group'))):
+      if weight > 0:
+        term = loss_lib.parallel_info_nce(embs[side], embs[f'{side}2'], rows,
+                                          temperature=temperature, groups=groups)
+        metrics[f'{name}_loss'] = term
+        terms.append(weight * term)
+  if adversarial is not None and adversarial.weight > 0:
+    lam = adversarial_lib.lambda_at(step, adversarial.steps, adversarial.schedule,
+                                    adversarial.lambda_max)
+    term, accuracy = adversarial_lib.loss_and_accuracy(
+        disc, jnp.concatenate([embs['query'], embs['positive']]),
+        jnp.concatenate([batch['query_lang'], batch['positive_lang']]), lam,
+        hidden=adversarial.hidden)
+    metrics.update(adversarial_loss=term, adversarial_accuracy=accuracy, adversarial_lambda=lam)
+    terms.append(adversarial.weight * term)
+  if len(terms) > 1:
+    metrics['info_nce'] = loss
+  return sum(terms), metrics
+
+
 def train_step(state: TrainState, batch: dict, *, module: nn.Module,
                tx: optax.GradientTransformation, seed: int, temperature: float,
-               symmetric: bool, accum_steps: int = 1) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch; pure. Returns the new state and scalar metrics."""
+               symmetric: bool, accum_steps: int = 1, parallel_query: float = 0.0,
+               parallel_passage: float = 0.0, adversarial=None) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch; pure. Returns the new state and scalar metrics.
+
+  `parallel_query`, `parallel_passage` and `adversarial` (a config.train.adversarial with 'steps'
+  added, or None) add the terms of `_objective`. The alignment terms need the batch's 'query2' /
+  'positive2' sides and 'query_lang' / 'positive_lang'; the adversarial term needs the latter and
+  the discriminator's params in state.params (`heads`).
+  """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   groups = _texts(batch)
+  names = [t[:-len('_tokens')] for t, _ in groups]
 
   def embed(params, tokens, mask, key, rows):
     """Embeddings of tokens [..., L]; `rows` [...] the global row of each text (its dropout)."""
@@ -128,11 +188,10 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
                        rows=rows.reshape(-1), rngs={'dropout': key})
     return out.reshape(*tokens.shape[:-1], out.shape[-1])
 
-  def loss_of(embs):
-    negatives = embs[2] if len(embs) > 2 else None
-    return loss_lib.info_nce(embs[0], embs[1], temperature=temperature, negatives=negatives,
-                             **_groups(batch),
-                             symmetric=symmetric)
+  def loss_of(embs, disc):
+    return _objective(dict(zip(names, embs)), disc, batch, state.step, temperature=temperature,
+                      symmetric=symmetric, parallel_query=parallel_query,
+                      parallel_passage=parallel_passage, adversarial=adversarial)
 
   keys = [jax.random.fold_in(rng, g) for g in range(len(groups))]
   rows = [jnp.arange(batch[t][..., 0].size).reshape(batch[t].shape[:-1]) for t, _ in groups]
@@ -140,8 +199,9 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
     def full_loss(params):
       embs = [embed(params, batch[t], batch[m], k, r)
               for (t, m), k, r in zip(groups, keys, rows)]
-      return loss_of(embs), embs
-    (loss, embs), grads = jax.value_and_grad(full_loss, has_aux=True)(state.params)
+      loss, terms = loss_of(embs, params.get(adversarial_lib.NAME))
+      return loss, (embs, terms)
+    (loss, (embs, terms)), grads = jax.value_and_grad(full_loss, has_aux=True)(state.params)
   else:
     micro = [(_micro(batch[t], accum_steps), _micro(batch[m], accum_steps), _micro(r, accum_steps))
              for (t, m), r in zip(groups, rows)]
@@ -151,7 +211,9 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
               for (t, m, r), k in zip(micro, keys)]
 
     embs = embed_all(jax.lax.stop_gradient(state.params))
-    loss, emb_grads = jax.value_and_grad(loss_of)(embs)  # (2) loss over the global batch
+    disc = state.params.get(adversarial_lib.NAME)  # (2) loss over the global batch:
+    (loss, terms), (emb_grads, disc_grads) = jax.value_and_grad(  # embedding, head gradients
+        loss_of, argnums=(0, 1), has_aux=True)(embs, disc)
     emb_grads = [_micro(g, accum_steps) for g in emb_grads]
 
     def backprop(acc, i):  # (3) re-embed micro-batch i and push its embedding gradients back
@@ -162,10 +224,12 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     grads, _ = jax.lax.scan(backprop, zeros, jnp.arange(accum_steps))
+    if disc is not None:
+      grads = {**grads, adversarial_lib.NAME: disc_grads}
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss,
+  metrics = {'loss': loss, **terms,
              'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1], batch.get('positive_group')),
              'l2_grads': optax.tree.norm(grads), 'l2_updates': optax.tree.norm(updates),
              'l2_params': optax.tree.norm(params)}
@@ -176,7 +240,7 @@ def eval_step(state: TrainState, batch: dict, *, module: nn.Module, temperature:
               symmetric: bool) -> dict:
   """Validation loss and in-batch accuracy (no dropout); pure."""
   embs = []
-  for t, m in _texts(batch):
+  for t, m in _texts(batch, ('query', 'positive', 'negative')):
     tokens = batch[t].reshape(-1, batch[t].shape[-1])
     out = module.apply({'params': merge_params(state)}, tokens, batch[m].reshape(tokens.shape))
     embs.append(out.reshape(*batch[t].shape[:-1], out.shape[-1]))
@@ -186,19 +250,24 @@ def eval_step(state: TrainState, batch: dict, *, module: nn.Module, temperature:
           'accuracy': loss_lib.in_batch_accuracy(embs[0], embs[1], batch.get('positive_group'))}
 
 
-def abstract_state(module: nn.Module, tx, freeze_embeddings: bool) -> TrainState:
-  """The TrainState's shapes and dtypes (no memory), params boxed with their logical axis names."""
+def abstract_state(module: nn.Module, tx, freeze_embeddings: bool,
+                   extra: dict | None = None) -> TrainState:
+  """The TrainState's shapes and dtypes (no memory), params boxed with their logical axis names;
+  `extra`: trainable params beside the encoder's (`heads`; replicated)."""
   dummy = jnp.zeros((1, 2), jnp.int32)
   boxed = jax.eval_shape(module.init, jax.random.key(0), dummy, dummy)['params']
+  boxed = {**boxed, **jax.eval_shape(lambda: extra or {})}
   trainable, frozen = split_params(boxed, freeze_embeddings)
   return jax.eval_shape(
       lambda: TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
                          opt_state=tx.init(trainable)))
 
 
-def state_shardings(module: nn.Module, tx, mesh, rules, freeze_embeddings: bool) -> TrainState:
+def state_shardings(module: nn.Module, tx, mesh, rules, freeze_embeddings: bool,
+                    extra: dict | None = None) -> TrainState:
   """NamedShardings of the TrainState from the params' logical axis names and config rules."""
-  return sharding.param_shardings(mesh, abstract_state(module, tx, freeze_embeddings), rules)
+  return sharding.param_shardings(mesh, abstract_state(module, tx, freeze_embeddings, extra),
+                                  rules)
 
 
 def create_state(params: dict, tx, shardings: TrainState, freeze_embeddings: bool) -> TrainState:
@@ -211,14 +280,30 @@ def create_state(params: dict, tx, shardings: TrainState, freeze_embeddings: boo
   return TrainState(step=step, params=trainable, frozen=frozen, opt_state=opt_state)
 
 
+class Adversarial(NamedTuple):
+  """config.train.adversarial as train_step takes it, with the run's steps (lambda schedule)."""
+
+  weight: float
+  schedule: str
+  lambda_max: float
+  hidden: int
+  steps: int
+
+
 def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: int,
                    rules=()):
   """train_step jitted over the mesh: state sharded as `shardings` and donated, batch split over
   data x fsdp, hidden states constrained by the logical axis `rules` (config.mesh.rules)."""
+  adversarial = train_config.adversarial
   fn = functools.partial(train_step, module=module, tx=tx, seed=seed,
                          temperature=train_config.loss_temperature,
                          symmetric=train_config.symmetric_loss,
-                         accum_steps=train_config.grad_accum_steps)
+                         accum_steps=train_config.grad_accum_steps,
+                         parallel_query=train_config.parallel_query_weight,
+                         parallel_passage=train_config.parallel_passage_weight,
+                         adversarial=Adversarial(adversarial.weight, adversarial.schedule,
+                                                 adversarial.lambda_max, adversarial.hidden,
+                                                 train_config.steps))
   return jax.jit(sharding.with_activation_rules(fn, mesh, rules),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)

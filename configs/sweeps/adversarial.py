@@ -1,0 +1,40 @@
+"""Issue 7 section 3: is a language discriminator trained through gradient reversal (DANN) a match
+for hybrid batches? At the budget of configs/sweeps/strategies.py (trained on MLQA-R, evaluated on
+XQuAD-R, mono / cross / multi all reported, 3 seeds):
+
+  hybrid        hybrid batches, no discriminator (the method)
+  x_x_mono      monolingual batches, no discriminator
+  x_x_mono_dann monolingual batches + the discriminator: alignment from the adversary alone
+  x_y_dann      cross-lingual batches + the discriminator
+  hybrid_dann   hybrid batches + the discriminator
+
+Discriminator: linear over the pooled query and positive embeddings, loss weight 0.1, lambda on
+the DANN schedule 2 / (1 + exp(-10 p)) - 1 up to 1.0 (hbt/train/adversarial.py). A first guess,
+not tuned.
+
+  python -m hbt.experiments.sweep --sweep=configs/sweeps/adversarial.py --workdir=runs/adversarial
+  python -m hbt.experiments.report --runs=docs/results/runs/adversarial --out=docs/results.md
+"""
+
+from configs.sweeps import strategies
+
+DANN = {'train.adversarial.weight': 0.1, 'train.adversarial.schedule': 'dann',
+        'train.adversarial.lambda_max': 1.0, 'train.adversarial.hidden': 0}
+
+
+def get_sweep():
+  base = strategies.get_sweep()
+  arms = base['arms']
+  return {
+      'name': 'adversarial',
+      'config': base['config'],
+      'budget': base['budget'],
+      'directions': {'mlqa_to_xquad': base['directions']['mlqa_to_xquad']},
+      'arms': {'hybrid': arms['hybrid'], 'x_x_mono': arms['x_x_mono'],
+               'x_x_mono_dann': {**arms['x_x_mono'], **DANN},
+               'x_y_dann': {**arms['x_y'], **DANN},
+               'hybrid_dann': {**arms['hybrid'], **DANN}},
+      'seeds': base['seeds'],
+      'contrasts': (('hybrid', 'hybrid_dann'), ('hybrid', 'x_x_mono_dann'),
+                    ('hybrid', 'x_y_dann'), ('x_x_mono', 'x_x_mono_dann')),
+  }
