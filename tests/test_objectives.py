@@ -15,6 +15,7 @@ from hbt.batches import sampler as sampler_lib
 from hbt.batches import shards
 from hbt.experiments import sweep as sweep_lib
 from hbt.train import adversarial
+from hbt.train import loop
 from hbt.train import loss as loss_lib
 from hbt.train import step as step_lib
 from tests import test_shards as ts
@@ -195,3 +196,19 @@ def test_sweeps_are_valid_at_the_strategies_budget(path, arms):
   spec = sweep_lib.load_sweep(path)
   assert len(spec['arms']) == arms
   assert spec['budget'] == sweep_lib.load_sweep('configs/sweeps/strategies.py')['budget']
+
+
+def test_training_loop_logs_every_term(tiny_checkpoint, data_dir, tmp_path):
+  """The real loop with every term on: shards with parallel sides and language ids, the
+  discriminator in the checkpointed state, its loss and accuracy in metrics.jsonl."""
+  from tests import test_train as tt  # pylint: disable=g-import-not-at-top
+  config = tt.tiny_config(tiny_checkpoint, data_dir, 2, **{
+      'mode': 'train', 'train.parallel_query_weight': 0.5, 'train.parallel_passage_weight': 0.5,
+      'train.adversarial.weight': 0.1, 'train.adversarial.hidden': 8,
+      'train.strategy': 'x_y'})
+  loop.run(config, str(tmp_path))
+  last = {k: v for r in tt.read_metrics(tmp_path) for k, v in r.items()}
+  for name in ('train/query_query_loss', 'train/passage_passage_loss', 'train/adversarial_loss',
+               'train/adversarial_accuracy', 'train/info_nce'):
+    assert np.isfinite(last[name]) and last[name] >= 0, name
+  assert last['train/query_query_loss'] > 0 and 0 < last['train/adversarial_lambda'] < 1
