@@ -115,7 +115,9 @@ def test_sigkill_one_process_then_restart_both(one_and_two, tiny_checkpoint, dat
   two = one_and_two[2]
   flags = job_flags(tiny_checkpoint, data_dir, 'train')
   workdir = tmp_path / 'killed'
-  procs = runs.hbt_job(workdir, *flags, processes=PROCESSES, devices=DEVICES, heartbeat_timeout=15)
+  # A short heartbeat timeout, so that the survivor stops soon; long enough for a loaded machine.
+  procs = runs.hbt_job(workdir, *flags, processes=PROCESSES, devices=DEVICES,
+                       heartbeat_timeout=30)
   first = workdir / 'checkpoints' / str(CHECKPOINT_EVERY)  # orbax renames it there when complete
   deadline = time.monotonic() + 600
   while not first.exists() and time.monotonic() < deadline and procs[1].poll() is None:
