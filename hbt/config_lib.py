@@ -7,6 +7,7 @@ import pathlib
 import ml_collections
 
 from hbt import sharding
+from hbt.batches import clusters
 from hbt.batches import sampler
 from hbt.data import sources
 from hbt.eval import beir
@@ -125,6 +126,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, 'train.lang_sampling', sampler.LANG_SAMPLINGS)
   _choice(config, 'train.pair_sampling', sampler.PAIR_SAMPLINGS)
   _number(config, 'train.lang_temperature', 0.0)
+  if t.lang_clusters != '':
+    try:
+      clusters.parse(t.lang_clusters, 'config.train.lang_clusters')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    _check(t.pair_sampling == 'pair_first', 'train.pair_sampling',
+           "must be 'pair_first' when config.train.lang_clusters is set", t.pair_sampling)
+  _number(config, 'train.cluster_p_in', 0.0, 1.0)
   _number(config, 'train.batch_size', 2, integer=True)
   _number(config, 'train.steps', 0, integer=True)
   _number(config, 'train.learning_rate', 0.0, 1.0, low_open=True)

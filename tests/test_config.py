@@ -39,6 +39,10 @@ def test_shipped_configs_validate(name):
     ('train.alpha', 1.5, 'config.train.alpha'),
     ('train.lang_sampling', 'zipf', 'config.train.lang_sampling'),
     ('train.pair_sampling', 'per_id', 'config.train.pair_sampling'),
+    ('train.lang_clusters', 'genus', 'config.train.lang_clusters'),
+    ('train.lang_clusters', 'latin:en,de;other:de', 'config.train.lang_clusters'),
+    ('train.lang_clusters', 'latin:en,,de', 'config.train.lang_clusters'),
+    ('train.cluster_p_in', 1.5, 'config.train.cluster_p_in'),
     ('train.batch_size', 1, 'config.train.batch_size'),
     ('train.learning_rate', 0.0, 'config.train.learning_rate'),
     ('train.loss_temperature', 0.0, 'config.train.loss_temperature'),
@@ -56,6 +60,15 @@ def test_bad_value_names_field(field, value, named):
     node = node[p]
   node[leaf] = value
   with pytest.raises(ValueError, match=named.replace('.', r'\.')):
+    config_lib.validate(config)
+
+
+def test_lang_clusters_need_pair_first():
+  config = load('default')
+  config.train.lang_clusters = 'script'
+  config_lib.validate(config)
+  config.train.pair_sampling = 'id_first'
+  with pytest.raises(ValueError, match=r'config\.train\.pair_sampling'):
     config_lib.validate(config)
 
 

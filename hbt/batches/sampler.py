@@ -130,6 +130,14 @@ class Sampler:
       the languages that have the id, then ('cross') the positive language likewise from the rest.
       The language mix then follows the id coverage: in MLQA-R, where every id has English plus
       1 to 3 others, English is on one side of most cross pairs.
+    * 'cross' with lang_clusters ({lang: cluster name}, pair_first only): a pair is drawn from the
+      ordered pairs of two languages of one cluster with probability cluster_p_in, otherwise from
+      the pairs across clusters; within each category with weight w(q) * w(p) as above (uniform
+      over the category's ordered pairs under 'uniform'). A one-language cluster has no within
+      pair: its languages are drawn only across. Drawing fails at start (ValueError naming
+      lang_clusters) when a category with non-zero probability has no pair that shares an id, or
+      when a language of the pairs is in no cluster. (If a pair's ids run out within a batch, its
+      rows draw again among all pairs left, so the category shares hold up to that rare event.)
   Language weights, by lang_sampling: 'uniform' 1; 'size' the language's number of ids;
   'temperature' that number ** temperature (0 is uniform, 1 is size).
 
@@ -144,7 +152,8 @@ class Sampler:
 
   def __init__(self, pairs: PairSet, batch_size: int, strategy: str = 'hybrid',
                alpha: float = 0.5, lang_sampling: str = 'uniform', temperature: float = 0.3,
-               seed: int = 0, pair_sampling: str = 'pair_first'):
+               seed: int = 0, pair_sampling: str = 'pair_first',
+               lang_clusters: dict[str, str] | None = None, cluster_p_in: float = 0.8):
     """Precomputes per-language id index arrays and checks that every batch can be drawn.
 
     Args:
@@ -156,6 +165,9 @@ class Sampler:
       temperature: the exponent of 'temperature' sampling, finite and >= 0.
       seed: a non-negative integer.
       pair_sampling: one of PAIR_SAMPLINGS: how 'cross' and 'mixed' batches pick languages.
+      lang_clusters: {lang: cluster name} (hbt.batches.clusters), or None / {} for none: 'cross'
+        batches then draw within a cluster with probability cluster_p_in.
+      cluster_p_in: the probability, in [0, 1], of a within-cluster pair (with lang_clusters).
 
     Raises:
       ValueError: naming the argument, for a bad strategy, alpha, lang_sampling, temperature,
@@ -173,6 +185,8 @@ class Sampler:
     self.seed = int(seed)
     self.pair_sampling = pair_sampling
     self.kinds = _kinds_of(strategy, self.alpha)
+    self.lang_clusters = dict(lang_clusters or {})
+    self.cluster_p_in = cluster_p_in
 
     if not len(pairs):
       raise ValueError('pairs is empty')
@@ -208,9 +222,36 @@ class Sampler:
       table = np.zeros((len(shared), max(counts, default=0)), np.int64)  # pair -> its ids
       for row, ids_ in zip(table, shared):
         row[:len(ids_)] = ids_
-      self._pairs[kind] = (np.array(pairs_, np.int64).reshape(-1, 2), weights / weights.sum(),
-                           table, counts)
+      probs = weights / weights.sum()
+      if kind == 'cross' and lang_clusters:
+        probs = self._cluster_probs(pairs_, weights, lang_clusters, cluster_p_in)
+      self._pairs[kind] = (np.array(pairs_, np.int64).reshape(-1, 2), probs, table, counts)
     self._check_sizes(mono)
+
+  def _cluster_probs(self, pairs_: list[tuple[int, int]], weights: np.ndarray,
+                     lang_clusters: dict[str, str], p_in: float) -> np.ndarray:
+    """The 'cross' pair probabilities with clusters: p_in within, 1 - p_in across."""
+    if self.pair_sampling != 'pair_first':
+      raise ValueError(f"lang_clusters needs pair_sampling 'pair_first', got "
+                       f'{self.pair_sampling!r}')
+    if (isinstance(p_in, bool) or not isinstance(p_in, (int, float, np.floating))
+        or not 0.0 <= p_in <= 1.0):
+      raise ValueError(f'cluster_p_in must be a number in [0, 1], got {p_in!r}')
+    missing = [lang for lang in self.langs if lang not in lang_clusters]
+    if missing:
+      raise ValueError(f'lang_clusters has no cluster for languages {missing} of the pairs '
+                       f'(clusters: {lang_clusters})')
+    cluster = [lang_clusters[lang] for lang in self.langs]
+    within = np.array([cluster[a] == cluster[b] for a, b in pairs_], bool).reshape(-1)
+    probs = np.zeros(len(pairs_))
+    for mask, share, name in ((within, p_in, 'within'), (~within, 1.0 - p_in, 'across')):
+      if share > 0 and not mask.any():
+        raise ValueError(f'lang_clusters: no two languages {name} clusters share an id, so '
+                         f'cluster_p_in={p_in} cannot be met (clusters: {lang_clusters}; '
+                         f'languages: {list(self.langs)})')
+      if share > 0:
+        probs[mask] = share * weights[mask] / weights[mask].sum()
+    return probs
 
   def _check_sizes(self, mono_langs: list[str]) -> None:
     """ValueErrors naming the language and counts when a drawable batch cannot be filled."""

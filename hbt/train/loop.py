@@ -39,6 +39,7 @@ import numpy as np
 
 from hbt import io
 from hbt import sharding
+from hbt.batches import clusters as clusters_lib
 from hbt.batches import input_pipeline
 from hbt.batches import sampler as sampler_lib
 from hbt.batches import shards
@@ -71,8 +72,11 @@ def training_pairs(config) -> tuple[pairs_lib.PairSet, pairs_lib.PairSet]:
 def make_sampler(config, pairs: pairs_lib.PairSet) -> sampler_lib.Sampler:
   """The configured batch sampler over the training pairs."""
   t = config.train
+  clusters = clusters_lib.parse(t.lang_clusters, 'config.train.lang_clusters') \
+      if t.lang_clusters else None
   return sampler_lib.Sampler(pairs, t.batch_size, t.strategy, t.alpha, t.lang_sampling,
-                             t.lang_temperature, config.seed, t.pair_sampling)
+                             t.lang_temperature, config.seed, t.pair_sampling, clusters,
+                             t.cluster_p_in)
 
 
 def shard_fields(config) -> dict:
@@ -86,7 +90,10 @@ def shard_fields(config) -> dict:
           'lang_sampling': t.lang_sampling, 'lang_temperature': t.lang_temperature,
           'pair_sampling': t.pair_sampling,
           'model': {'source': m.source, 'checkpoint': m.checkpoint,
-                    'query_prefix': m.query_prefix, 'passage_prefix': m.passage_prefix}}
+                    'query_prefix': m.query_prefix, 'passage_prefix': m.passage_prefix},
+          # Only when set, so the shards of runs without clusters keep their names.
+          **({'lang_clusters': clusters_lib.format_spec(clusters_lib.parse(t.lang_clusters)),
+              'cluster_p_in': t.cluster_p_in} if t.lang_clusters else {})}
 
 
 # Train and model fields that change the updates (the batches are covered by the shard manifest).
