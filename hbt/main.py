@@ -101,8 +101,10 @@ def run():
   if _COORDINATOR.value or os.environ.get('HBT_MULTIHOST'):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
-    if jax.process_index() > 0 and not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)  # one console, process 0's; the others warn only
+    if jax.process_index() > 0:  # one console, process 0's: the others warn only, show no bars
+      config.eval.progress = False
+      if not flags.FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)
   config_lib.check_batch_split(config, jax.device_count())
   # Compiled programs persist across runs (one per batch shape), so a rerun starts fast.
   jax.config.update('jax_compilation_cache_dir', str(io.cache_dir() / 'jax'))

@@ -29,7 +29,8 @@ def job_flags(tiny_checkpoint, data_dir, mode: str) -> list[str]:
   """The job every run here makes (the training fields are shared by every mode)."""
   return runs.tiny(tiny_checkpoint, data_dir, STEPS, **{
       'mode': mode, 'eval.langs': 'en,de', 'train.log_every': 1, 'evals.val.every': 8,
-      'evals.val_map.every': 8, 'train.checkpoint_every': CHECKPOINT_EVERY})
+      'evals.val_map.every': 8, 'train.checkpoint_every': CHECKPOINT_EVERY,
+      'eval.progress': True})
 
 
 @pytest.fixture(scope='module')
@@ -106,8 +107,8 @@ def test_two_processes_equal_one(one_and_two):
   assert files(two) == files(one)
   event_files = [p.name for p in (two / 'tensorboard').rglob('events.out.tfevents.*')]
   assert event_files and all(f'.{pid0}.' in name for name in event_files), event_files
-  assert 'train/loss' in log0 and 'train/loss' in one_out
-  assert 'train/loss' not in log1 and 'zero_shot' not in log1
+  assert 'train/loss' in log0 and 'train/loss' in one_out and 'text/s' in log0
+  assert 'train/loss' not in log1 and 'zero_shot' not in log1 and 'text/s' not in log1
 
 
 def test_sigkill_one_process_then_restart_both(one_and_two, tiny_checkpoint, data_dir,
