@@ -157,6 +157,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          f'must divide config.train.batch_size={t.batch_size}', t.grad_accum_steps)
   _number(config, 'train.max_query_length', 8, 512, integer=True)
   _number(config, 'train.max_passage_length', 8, 512, integer=True)
+  _number(config, 'train.pack_texts', 1, integer=True)
+  _check(t.batch_size % t.pack_texts == 0, 'train.pack_texts',
+         f'must divide config.train.batch_size={t.batch_size}', t.pack_texts)
+  _check(t.pack_texts == 1 or t.grad_accum_steps == 1, 'train.pack_texts',
+         'must be 1 when config.train.grad_accum_steps > 1', t.pack_texts)
   _number(config, 'train.profile_steps', 0, integer=True)
   for field in ('checkpoint_every', 'log_every', 'keep_checkpoints'):
     _number(config, f'train.{field}', 1, integer=True)

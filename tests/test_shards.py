@@ -254,3 +254,56 @@ def test_missing_negative_names_the_pair(tmp_path, pairs, tokenizer):
     _prepare(tmp_path, sampler, small, tokenizer, hard_negatives=2, num_steps=3)
   assert not list(tmp_path.glob('*/manifest.json'))
   assert not list(tmp_path.glob('*/.*tmp*')), 'temporary files of the failed run were left'
+
+
+def _unpack(tokens, mask, num_texts):
+  """The texts of packed rows, by text id: list of token lists."""
+  texts = [[] for _ in range(num_texts)]
+  for row, ids in zip(tokens, mask):
+    for t, i in zip(row, ids):
+      if i:
+        texts[i - 1].append(int(t))
+  return texts
+
+
+def test_pack_balances_rows_and_keeps_every_text():
+  rng = np.random.default_rng(0)
+  seqs = [rng.integers(5, 100, size=n) for n in rng.integers(3, 40, size=16)]
+  tokens, segments = shards.pack(seqs, 4, pad_id=1)
+  assert tokens.shape[0] == 4 and tokens.shape[1] % buckets.PACKED_STEP == 0
+  assert _unpack(tokens, segments, 16) == [s.tolist() for s in seqs]
+  assert (tokens[segments == 0] == 1).all()
+  totals = (segments > 0).sum(1)
+  assert tokens.shape[1] == buckets.packed_length(totals.max())
+  assert totals.max() - totals.min() <= max(map(len, seqs))  # longest-first greedy balance
+  for row in segments:  # every text is one contiguous run
+    runs = [i for j, i in enumerate(row) if i and (j == 0 or row[j - 1] != i)]
+    assert len(runs) == len(set(runs))
+
+
+def test_packed_shards_round_trip(tmp_path, pairs, tokenizer):
+  k, pack = 2, 4
+  with_negs = _with_negatives(pairs, k)
+  sampler = sampler_lib.Sampler(with_negs, BATCH, 'hybrid', seed=5)
+  folder = _prepare(tmp_path, sampler, with_negs, tokenizer, hard_negatives=k, num_steps=5,
+                    pack_texts=pack)
+  assert folder != _prepare(tmp_path, sampler, with_negs, tokenizer, hard_negatives=k,
+                            num_steps=5)  # packing is part of the hash
+  read = _read(folder)
+  halves = [_read(folder, process_index=p, process_count=2) for p in range(2)]
+  manifest = json.loads((folder / shards.MANIFEST).read_text())
+  assert manifest['pack_texts'] == pack and 0 < manifest['fill']['positive'] <= 1
+  for got, a, b in zip(read, *halves):
+    batch = sampler.batch(got['step'])
+    queries, positives = sampler_lib.batch_texts(with_negs, batch)
+    negatives = [n for lang, qid in zip(batch.positive_langs, batch.ids)
+                 for n in with_negs.negatives(lang, qid)[:k]]
+    for side, texts, kind, max_len in (('query', queries, 'query', MAX_Q),
+                                       ('positive', positives, 'passage', MAX_P),
+                                       ('negative', negatives, 'passage', MAX_P)):
+      tokens, mask = got[f'{side}_tokens'], got[f'{side}_mask']
+      assert tokens.shape[0] == len(texts) // pack
+      assert _unpack(tokens, mask, len(texts)) == _expected(tokenizer, texts, kind, max_len)
+      np.testing.assert_array_equal(np.concatenate([a[f'{side}_mask'], b[f'{side}_mask']]), mask)
+  with pytest.raises(ValueError, match='pack_texts'):
+    _read(folder, process_index=0, process_count=4)  # 2 pairs per process, packed 4 to a row

@@ -18,3 +18,11 @@ def bucket(n: int, max_length: int) -> int:
     if b >= n:
       return b
   return max_length
+
+
+PACKED_STEP = 32  # Packed rows (several texts each) are padded to a multiple of this length.
+
+
+def packed_length(n: int) -> int:
+  """The padded length of a packed row of `n` tokens: the next multiple of PACKED_STEP."""
+  return max(PACKED_STEP, -(-n // PACKED_STEP) * PACKED_STEP)

@@ -14,6 +14,9 @@ Element of the dataset (B global pairs, P processes, b = B / P rows per process)
   * 'query_lang', 'positive_lang': int32 [b], each language's index in LANGS (-1: not in it).
   * shards prepared with parallel sides only: 'query2_*' and 'positive2_*' as 'query_*' and
     'positive_*' (each id's query in the positive's language, its positive in the query's).
+Packed shards (manifest 'pack_texts' = n > 1): 'query_*' and 'positive_*' are [b / n, L] and
+'negative_*' [b * k / n, L], the mask holding text ids (see `shards`); each process gets its
+contiguous slice of rows.
 """
 
 from collections.abc import Iterator
@@ -57,8 +60,9 @@ def _feature_spec(manifest: dict) -> dict:
           'kind': tf.io.FixedLenFeature([], tf.string)}
   for key in STRING_KEYS:
     spec[key] = tf.io.FixedLenFeature([b], tf.string)
+  packed = manifest.get('pack_texts', 1) > 1
   for side in _sides(manifest):
-    rank = 3 if side == 'negative' else 2
+    rank = 3 if side == 'negative' and not packed else 2
     spec[f'{side}_shape'] = tf.io.FixedLenFeature([rank], tf.int64)
     for part in ('tokens', 'mask'):
       spec[f'{side}_{part}'] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
@@ -74,6 +78,10 @@ def _parser(manifest: dict, process_index: int, process_count: int):
   rows = manifest['batch_size'] // process_count
   start = process_index * rows
   k = manifest['hard_negatives']
+  pack = manifest.get('pack_texts', 1)
+  # Leading dim per process: pairs, or packed rows (negatives: k texts per pair).
+  side_rows = {side: rows if pack == 1 else rows * (k if side == 'negative' else 1) // pack
+               for side in sides}
 
   langs = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(LANGS), tf.range(len(LANGS))), -1)
@@ -87,9 +95,11 @@ def _parser(manifest: dict, process_index: int, process_count: int):
     out['positive_lang'] = langs.lookup(out['positive_langs'])
     for side in sides:
       shape = tf.cast(x[f'{side}_shape'], tf.int32)
-      static = [rows, k, None] if side == 'negative' else [rows, None]
+      n = side_rows[side]
+      static = [rows, k, None] if side == 'negative' and pack == 1 else [n, None]
+      first = process_index * n
       for part in ('tokens', 'mask'):
-        value = tf.reshape(tf.cast(x[f'{side}_{part}'], tf.int32), shape)[start:start + rows]
+        value = tf.reshape(tf.cast(x[f'{side}_{part}'], tf.int32), shape)[first:first + n]
         out[f'{side}_{part}'] = tf.ensure_shape(value, static)
       group = tf.cast(x[f'{side}_group'], tf.int32)
       if side == 'negative':
@@ -132,6 +142,10 @@ def make_dataset(shard_dir: str | os.PathLike, *, start_step: int = 0, process_i
     raise ValueError(f'process_index must be in [0, {process_count}), got {process_index}')
   if b % process_count:
     raise ValueError(f'process_count {process_count} does not divide the batch size {b}')
+  pack = manifest.get('pack_texts', 1)
+  if (b // process_count) % pack:
+    raise ValueError(f'{process_count} processes cannot share the packed rows of {shard_dir}: '
+                     f'pack_texts={pack} must divide the {b // process_count} pairs per process')
   if not 0 <= start_step <= num_steps:
     raise ValueError(f'start_step must be in [0, {num_steps}], got {start_step}')
   folder = io.path(shard_dir)

@@ -28,6 +28,13 @@ Record schema (one `tf.train.Example` per step; B pairs, k hard negatives per pa
 Tokens are right-padded with the tokenizer's pad id; masks are 1 on real tokens, 0 on padding.
 Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) that holds the longest text
 of its side in that batch, so the train step sees only a few distinct shapes.
+
+Packed batches (`pack_texts` = n > 1): each side's texts are packed n to a row on average, so
+'query_*' and 'positive_*' are [B / n, L] and 'negative_*' [B * k / n, L] (shape rank 2). The mask
+holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on padding.
+Texts are spread over the rows longest first, each into the row with the fewest tokens so far, and L
+is the longest row rounded up to `buckets.packed_length`. `hbt.model.encoder.Encoder` (num_texts)
+reads such rows with block-diagonal attention and pools each text on its own.
 """
 
 from collections.abc import Mapping, Sequence
@@ -131,13 +138,44 @@ class EncodedSide:
   group: np.ndarray | None = None
 
 
-def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int) -> EncodedSide:
-  """Tokenises `texts` in one call, truncates to `max_length`, pads to a bucket length."""
+def pack(seqs: Sequence[np.ndarray], rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Packs token id arrays into `rows` rows: (tokens, text ids), both int32 [rows, L].
+
+  Longest first, each text goes to the row holding the fewest tokens so far (the first such row);
+  within a row texts keep that order. Text i's tokens are marked i + 1, padding 0. L is the longest
+  row's token count rounded up by `buckets.packed_length`.
+  """
+  totals = [0] * rows
+  members = [[] for _ in range(rows)]
+  for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+    row = totals.index(min(totals))
+    members[row].append(i)
+    totals[row] += len(seqs[i])
+  length = buckets.packed_length(max(totals, default=1))
+  tokens = np.full((rows, length), pad_id, np.int32)
+  segments = np.zeros((rows, length), np.int32)
+  for row, texts in enumerate(members):
+    at = 0
+    for i in texts:
+      n = len(seqs[i])
+      tokens[row, at:at + n] = seqs[i]
+      segments[row, at:at + n] = i + 1
+      at += n
+  return tokens, segments
+
+
+def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int,
+                 pack_texts: int = 1) -> EncodedSide:
+  """Tokenises `texts` in one call, truncates to `max_length`, pads to a bucket length (or packs
+  them `pack_texts` to a row, if > 1)."""
   encoded = tokenizer.encode(list(texts), kind)
   lengths = [len(ids) for ids in encoded]
   kept = [truncate(ids, max_length) for ids in encoded]
-  length = buckets.bucket(max((len(ids) for ids in kept), default=1), max_length)
-  tokens, mask = pad(kept, length, tokenizer.pad_id)
+  if pack_texts > 1:
+    tokens, mask = pack(kept, len(kept) // pack_texts, tokenizer.pad_id)
+  else:
+    length = buckets.bucket(max((len(ids) for ids in kept), default=1), max_length)
+    tokens, mask = pad(kept, length, tokenizer.pad_id)
   return EncodedSide(tokens, mask, lengths)
 
 
@@ -155,38 +193,47 @@ def _negative_texts(pairs: PairSet, batch: sampler_lib.Batch, k: int) -> list[st
 
 def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_length: int,
                  max_passage_length: int, hard_negatives: int = 0,
-                 parallel: bool = False) -> dict[str, EncodedSide]:
+                 parallel: bool = False, pack_texts: int = 1) -> dict[str, EncodedSide]:
   """The tokenised sides of one batch: 'query', 'positive', if hard_negatives > 0 'negative', and
   if `parallel` 'query2' and 'positive2' (the id's query in the positive's language and positive
   in the query's language; for a same-language pair, the same texts).
 
-  Negative tokens and mask are [B, k, Ln]; the others [B, L].
+  Negative tokens and mask are [B, k, Ln]; the others [B, L]. With pack_texts = n > 1 the sides are
+  packed (see the module docstring): [B / n, L], negatives [B * k / n, L].
 
   Raises:
-    ValueError: a pair has fewer than `hard_negatives` negatives (names its lang and id).
+    ValueError: a pair has fewer than `hard_negatives` negatives (names its lang and id), or
+      pack_texts does not divide the batch size.
   """
+  if len(batch) % pack_texts:
+    raise ValueError(f'pack_texts={pack_texts} must divide the batch size {len(batch)}')
   full = _untruncated(tokenizer)
   max_query_length = _cap(max_query_length, tokenizer)
   max_passage_length = _cap(max_passage_length, tokenizer)
   queries, positives = sampler_lib.batch_texts(pairs, batch)
   groups = np.array([pairs.groups[qid] for qid in batch.ids], np.int64)
-  sides = {'query': _encode_side(full, queries, 'query', max_query_length),
-           'positive': _encode_side(full, positives, 'passage', max_passage_length)}
+  sides = {'query': _encode_side(full, queries, 'query', max_query_length, pack_texts),
+           'positive': _encode_side(full, positives, 'passage', max_passage_length, pack_texts)}
   sides['query'].group = sides['positive'].group = groups
   if parallel:
     swapped = dataclasses.replace(batch, query_langs=batch.positive_langs,
                                   positive_langs=batch.query_langs)
     queries2, positives2 = sampler_lib.batch_texts(pairs, swapped)
-    sides['query2'] = _encode_side(full, queries2, 'query', max_query_length)
-    sides['positive2'] = _encode_side(full, positives2, 'passage', max_passage_length)
+    sides['query2'] = _encode_side(full, queries2, 'query', max_query_length, pack_texts)
+    sides['positive2'] = _encode_side(full, positives2, 'passage', max_passage_length,
+                                      pack_texts)
     sides['query2'].group = sides['positive2'].group = groups
   if hard_negatives > 0:
     texts = _negative_texts(pairs, batch, hard_negatives)
-    neg = _encode_side(full, texts, 'passage', max_passage_length)
+    neg = _encode_side(full, texts, 'passage', max_passage_length, pack_texts)
+    neg.group = np.array([pairs.text_group(t) for t in texts], np.int64).reshape(
+        len(batch), hard_negatives)
+    if pack_texts > 1:
+      sides['negative'] = neg
+      return sides
     shape = (len(batch), hard_negatives, neg.tokens.shape[-1])
-    sides['negative'] = EncodedSide(
-        neg.tokens.reshape(shape), neg.mask.reshape(shape), neg.lengths,
-        np.array([pairs.text_group(t) for t in texts], np.int64).reshape(shape[:2]))
+    sides['negative'] = EncodedSide(neg.tokens.reshape(shape), neg.mask.reshape(shape),
+                                    neg.lengths, neg.group)
   return sides
 
 
@@ -228,22 +275,25 @@ def _length_stats(lengths: Sequence[int], max_length: int) -> dict:
 
 def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: int,
             max_passage_length: int, hard_negatives: int, pad_id: int,
-            parallel: bool = False) -> dict:
+            parallel: bool = False, pack_texts: int = 1) -> dict:
   """What the folder hash covers: the caller's fields plus prepare's own arguments ('parallel'
-  only when set, so folders prepared without it keep their hash)."""
+  and 'pack_texts' only when set, so folders prepared without them keep their hash)."""
   return {'fields': fields,
           'prepare': {'format_version': FORMAT_VERSION, 'batch_size': batch_size,
                       'num_steps': num_steps, 'max_query_length': max_query_length,
                       'max_passage_length': max_passage_length,
                       'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': buckets.BUCKETS,
-                      **({'parallel': True} if parallel else {})}}
+                      **({'parallel': True} if parallel else {}),
+                      **({'pack_texts': pack_texts, 'packed_step': buckets.PACKED_STEP}
+                         if pack_texts > 1 else {})}}
 
 
 def _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives,
-                        num_shards) -> None:
+                        num_shards, pack_texts) -> None:
   for name, value, low in (('num_steps', num_steps, 1), ('max_query_length', max_query_length, 2),
                            ('max_passage_length', max_passage_length, 2),
-                           ('hard_negatives', hard_negatives, 0), ('num_shards', num_shards, 1)):
+                           ('hard_negatives', hard_negatives, 0), ('num_shards', num_shards, 1),
+                           ('pack_texts', pack_texts, 1)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
 
@@ -252,7 +302,7 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
             pairs: PairSet, tokenizer, num_steps: int, max_query_length: int,
             max_passage_length: int, hard_negatives: int = 0,
             num_shards: int = DEFAULT_NUM_SHARDS, progress: bool = True,
-            parallel: bool = False) -> epath.Path:
+            parallel: bool = False, pack_texts: int = 1) -> epath.Path:
   """Writes (or reuses) the tokenised global batches of steps 0 .. num_steps-1.
 
   The folder is `out_root/<hash[:16]>/`, the hash being `config_hash` of `fields` together with
@@ -270,9 +320,9 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   holding steps i, i+S, ...), 'describe' (`sampler.describe` of the batches), 'lengths' (per side:
   num_texts, mean, p50, p95, max of the lengths before truncation, and 'truncated'), 'buckets'
   (per side: the allowed lengths and the count of batches padded to each), 'shapes' (count of
-  batches per 'Lq,Lp' or 'Lq,Lp,Ln') and 'false_negatives' (the (query, candidate) pairs the loss
-  masks as in-batch false negatives, see `false_negative_count`: total, mean and max per batch,
-  batches with any).
+  batches per 'Lq,Lp' or 'Lq,Lp,Ln'), 'fill' (per side: real tokens / padded tokens),
+  'pack_texts' and 'false_negatives' (the (query, candidate) pairs the loss masks as in-batch false
+  negatives, see `false_negative_count`: total, mean and max per batch, batches with any).
 
   Args:
     out_root: the folder holding shard folders.
@@ -288,6 +338,7 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
     progress: show a progress bar.
     parallel: also write the 'query2' and 'positive2' sides (the alignment terms'); the manifest
       says 'parallel': true.
+    pack_texts: texts per row of a packed batch (see the module docstring); 1 = one per row.
 
   Returns:
     The shard folder.
@@ -296,12 +347,15 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
     ValueError: a bad argument; a pair with fewer than `hard_negatives` negatives (naming its
       language and id); the folder holds the manifest of a different config (a hash collision).
   """
-  _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives, num_shards)
+  _check_prepare_args(num_steps, max_query_length, max_passage_length, hard_negatives, num_shards,
+                      pack_texts)
+  if sampler.batch_size % pack_texts:
+    raise ValueError(f'pack_texts={pack_texts} must divide the batch size {sampler.batch_size}')
   num_steps, hard_negatives = int(num_steps), int(hard_negatives)
   max_q = _cap(max_query_length, tokenizer)
   max_p = _cap(max_passage_length, tokenizer)
   hashed = _hashed(fields, sampler.batch_size, num_steps, max_q, max_p, hard_negatives,
-                   int(tokenizer.pad_id), parallel)
+                   int(tokenizer.pad_id), parallel, int(pack_texts))
   digest = config_hash(hashed)
   folder = io.path(out_root) / digest[:HASH_PREFIX]
   try:
@@ -317,13 +371,13 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   num_shards = min(int(num_shards), num_steps)
   names = shard_names(num_shards)
   summary = _write_shards(folder, names, sampler, pairs, tokenizer, num_steps, max_q, max_p,
-                          hard_negatives, progress, parallel)
+                          hard_negatives, progress, parallel, int(pack_texts))
   manifest = {
       'format_version': FORMAT_VERSION, 'hash': digest, 'fields': fields,
       'prepare': hashed['prepare'], 'num_steps': num_steps, 'batch_size': sampler.batch_size,
       'hard_negatives': hard_negatives, 'max_query_length': max_q, 'max_passage_length': max_p,
-      'pad_id': int(tokenizer.pad_id), 'num_shards': num_shards, 'shards': names,
-      'parallel': bool(parallel), **summary}
+      'pad_id': int(tokenizer.pad_id), 'pack_texts': int(pack_texts), 'num_shards': num_shards,
+      'shards': names, 'parallel': bool(parallel), **summary}
   io.write_atomic(folder / MANIFEST,
                   json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False,
                              default=_json_default).encode('utf-8'))
@@ -342,7 +396,7 @@ def false_negative_count(sides: Mapping[str, EncodedSide]) -> int:
 
 def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, tokenizer,
                   num_steps: int, max_q: int, max_p: int, hard_negatives: int,
-                  progress: bool, parallel: bool = False) -> dict:
+                  progress: bool, parallel: bool = False, pack_texts: int = 1) -> dict:
   """Writes every step round robin into the shards; returns the manifest's summary fields."""
   finals = [folder / name for name in names]
   tmps = [io.tmp_name(path) for path in finals]
@@ -350,6 +404,7 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
                  'positive2': max_p}
   lengths = {side: [] for side in SIDES}
   counts = {side: {} for side in SIDES}
+  fill = {side: [0, 0] for side in SIDES}  # real tokens, padded tokens
   shapes = {}
   batches, masked = [], []
   writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in tmps]
@@ -357,7 +412,8 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
     for step in tqdm.trange(num_steps, desc='prepare batches', unit='batch',
                             disable=not progress):
       batch = sampler.batch(step)
-      sides = encode_batch(batch, pairs, tokenizer, max_q, max_p, hard_negatives, parallel)
+      sides = encode_batch(batch, pairs, tokenizer, max_q, max_p, hard_negatives, parallel,
+                           pack_texts)
       writers[step % len(writers)].write(to_example(batch, sides))
       batches.append(batch)
       masked.append(false_negative_count(sides))
@@ -365,6 +421,8 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
         lengths[name].extend(side.lengths)
         length = str(side.tokens.shape[-1])
         counts[name][length] = counts[name].get(length, 0) + 1
+        fill[name][0] += int(np.count_nonzero(side.mask))
+        fill[name][1] += int(side.mask.size)
       shape = ','.join(str(side.tokens.shape[-1]) for side in sides.values())
       shapes[shape] = shapes.get(shape, 0) + 1
   except BaseException:
@@ -389,4 +447,5 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
       'false_negatives': {'masked': int(sum(masked)), 'per_batch': float(np.mean(masked)),
                           'max_per_batch': int(max(masked)),
                           'batches_with_any': int(np.count_nonzero(masked))},
+      'fill': {side: round(fill[side][0] / max(fill[side][1], 1), 4) for side in used},
   }

@@ -9,6 +9,11 @@ hbt/sharding.py).
 Matmuls take inputs in `dtype` (float32 or bfloat16) and accumulate in float32
 (`preferred_element_type`), which is what uses the AMX units of a Sapphire Rapids CPU and the tensor
 cores of a GPU/TPU. The residual stream, LayerNorm, softmax and pooling stay in float32.
+
+Packed rows: with `num_texts`, each row may hold several texts, `mask` giving each token's text
+(segment) id, i + 1 for text i, 0 on padding. Attention is then block-diagonal (a token sees only
+its own text), positions restart at each text, and pooling is per text, so the embeddings equal
+those of the texts encoded one per row.
 """
 
 import dataclasses
@@ -205,7 +210,18 @@ class Encoder(nn.Module):
   scan_unroll: int = 0
 
   @nn.compact
-  def __call__(self, ids, mask, deterministic: bool = True, rows=None):
+  def __call__(self, ids, mask, deterministic: bool = True, rows=None,
+               num_texts: int | None = None):
+    """Embeddings [B, hidden]; packed rows (`num_texts` given): [num_texts, hidden].
+
+    Args:
+      ids: token ids [B, L].
+      mask: [B, L], 1 on tokens and 0 on padding; with `num_texts`, the text id of each token
+        (i + 1 for text i of the output, 0 on padding), texts lying in contiguous runs.
+      deterministic: no dropout.
+      rows: [B] global row numbers (dropout masks; see above); default 0..B-1.
+      num_texts: how many texts the packed rows hold (None: one text per row).
+    """
     a = self.arch
     rows = jnp.arange(ids.shape[0]) if rows is None else rows
     init = nn.initializers.normal(0.02)
@@ -214,13 +230,18 @@ class Encoder(nn.Module):
                       ('positions', 'embed'))
     token_type = _param(self, 'token_type_embeddings', init, (a.type_vocab_size, a.hidden),
                         (None, 'embed'))
-    positions = jnp.arange(ids.shape[1]) + a.position_offset
-    x = jnp.take(word, ids, axis=0) + position[positions][None] + token_type[0]
+    if num_texts is None:
+      positions = (jnp.arange(ids.shape[1]) + a.position_offset)[None]
+      attn_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
+    else:
+      positions = segment_positions(mask) + a.position_offset
+      same = (mask[:, :, None] == mask[:, None, :]) & (mask[:, None, :] > 0)
+      attn_bias = jnp.where(same[:, None], 0.0, -1e9).astype(jnp.float32)
+    x = jnp.take(word, ids, axis=0) + jnp.take(position, positions, axis=0) + token_type[0]
     x = LayerNorm(a.layer_norm_eps, name='embeddings_ln')(x)
     x = Dropout(self.dropout_rate)(x, rows, deterministic)
     x = _constrain(x, ('batch', 'length', 'act_embed'))
 
-    attn_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
     layer = nn.remat(Layer, static_argnums=()) if self.remat else Layer
     stack = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                     'dropout': True},
@@ -230,14 +251,34 @@ class Encoder(nn.Module):
     x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias,
                                                                                 rows)
 
+    if num_texts is None:
+      first = x[:, 0]
+      if self.pooling == 'mean':
+        m = mask[..., None].astype(jnp.float32)
+        mean = (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    else:  # one-hot [B, L, T] of each token's text: sums over the tokens of every text
+      onehot = (mask[..., None] == jnp.arange(1, num_texts + 1)).astype(jnp.float32)
+      if self.pooling == 'mean':
+        mean = (jnp.einsum('blt,bld->td', onehot, x, precision='highest')
+                / jnp.maximum(onehot.sum((0, 1)), 1.0)[:, None])
+      else:
+        starts = onehot * (positions == a.position_offset)[..., None]
+        first = jnp.einsum('blt,bld->td', starts, x, precision='highest')
     if self.pooling == 'mean':
-      m = mask[..., None].astype(jnp.float32)
-      pooled = (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+      pooled = mean
     elif self.pooling == 'cls':
-      pooled = x[:, 0]
+      pooled = first
     elif self.pooling == 'cls_pooler':
-      pooled = jnp.tanh(Dense(a.hidden, ('embed', None), self.dtype, name='pooler')(x[:, 0]))
+      pooled = jnp.tanh(Dense(a.hidden, ('embed', None), self.dtype, name='pooler')(first))
     else:
       raise ValueError(f'pooling must be one of {POOLINGS}, got {self.pooling!r}')
     norm = jnp.sqrt(jnp.sum(jnp.square(pooled), -1, keepdims=True))
     return pooled / jnp.maximum(norm, 1e-12)
+
+
+def segment_positions(segments: jax.Array) -> jax.Array:
+  """Each token's index within its run of equal segment ids: [B, L] int32, 0 at each run start."""
+  index = jnp.arange(segments.shape[1], dtype=jnp.int32)
+  starts = jnp.concatenate([jnp.ones_like(segments[:, :1], bool),
+                            segments[:, 1:] != segments[:, :-1]], axis=1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)

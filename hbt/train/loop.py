@@ -117,7 +117,8 @@ def prepare(config, workdir: epath.Path, tokenizer, train_pairs) -> epath.Path:
   return shards.prepare(io.path(workdir) / 'shards', shard_fields(config),
                         make_sampler(config, train_pairs), train_pairs, tokenizer, t.steps,
                         t.max_query_length, t.max_passage_length, t.hard_negatives,
-                        progress=config.eval.progress, parallel=parallel_sides(config))
+                        progress=config.eval.progress, parallel=parallel_sides(config),
+                        pack_texts=t.pack_texts)
 
 
 def parallel_sides(config) -> bool:

@@ -165,28 +165,53 @@ def _objective(embs: dict, disc, batch: dict, step, *, temperature: float, symme
   return sum(terms), metrics
 
 
+def embed_texts(module: nn.Module, params: dict, tokens: jax.Array, mask: jax.Array,
+                num_pairs: int, pack_texts: int = 1, **kwargs) -> jax.Array:
+  """The embeddings of one text group of a batch: [B, D], or [B, k, D] for hard negatives.
+
+  Args:
+    module: the encoder.
+    params: its full params.
+    tokens, mask: [B, L] or [B, k, L] (one text per row), or packed rows [R, L] holding
+      R * pack_texts texts, the mask giving each token's text id (see `hbt.batches.shards`).
+    num_pairs: B, the pairs of the batch.
+    pack_texts: texts per packed row; 1 if the rows are not packed.
+    **kwargs: passed to `module.apply` (deterministic, rngs).
+  """
+  if pack_texts == 1:
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    out = module.apply({'params': params}, flat, mask.reshape(flat.shape), **kwargs)
+    return out.reshape(*tokens.shape[:-1], out.shape[-1])
+  out = module.apply({'params': params}, tokens, mask, num_texts=tokens.shape[0] * pack_texts,
+                     **kwargs)
+  return out if out.shape[0] == num_pairs else out.reshape(num_pairs, -1, out.shape[-1])
+
+
 def train_step(state: TrainState, batch: dict, *, module: nn.Module,
                tx: optax.GradientTransformation, seed: int, temperature: float,
                symmetric: bool, accum_steps: int = 1, parallel_query: float = 0.0,
-               parallel_passage: float = 0.0, adversarial=None) -> tuple[TrainState, dict]:
+               parallel_passage: float = 0.0, adversarial=None,
+               pack_texts: int = 1) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch; pure. Returns the new state and scalar metrics.
 
   `parallel_query`, `parallel_passage` and `adversarial` (a config.train.adversarial with 'steps'
   added, or None) add the terms of `_objective`. The alignment terms need the batch's 'query2' /
   'positive2' sides and 'query_lang' / 'positive_lang'; the adversarial term needs the latter and
-  the discriminator's params in state.params (`heads`).
+  the discriminator's params in state.params (`heads`). `pack_texts` > 1: the batch's rows are
+  packed (see `embed_texts`); needs accum_steps == 1.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   groups = _texts(batch)
   names = [t[:-len('_tokens')] for t, _ in groups]
+  if pack_texts > 1 and accum_steps > 1:
+    raise ValueError('packed rows (pack_texts > 1) need grad_accum_steps == 1')
+  num_pairs = batch['query_tokens'].shape[0] * pack_texts
 
   def embed(params, tokens, mask, key, rows):
-    """Embeddings of tokens [..., L]; `rows` [...] the global row of each text (its dropout)."""
-    flat_tokens = tokens.reshape(-1, tokens.shape[-1])
-    out = module.apply({'params': merge_params(state, params)}, flat_tokens,
-                       mask.reshape(flat_tokens.shape), deterministic=False,
-                       rows=rows.reshape(-1), rngs={'dropout': key})
-    return out.reshape(*tokens.shape[:-1], out.shape[-1])
+    """Embeddings of tokens [..., L] or packed rows; `rows` the global row of each row of tokens
+    (its dropout)."""
+    return embed_texts(module, merge_params(state, params), tokens, mask, num_pairs, pack_texts,
+                       deterministic=False, rows=rows.reshape(-1), rngs={'dropout': key})
 
   def loss_of(embs, disc):
     return _objective(dict(zip(names, embs)), disc, batch, state.step, temperature=temperature,
@@ -237,13 +262,11 @@ def train_step(state: TrainState, batch: dict, *, module: nn.Module,
 
 
 def eval_step(state: TrainState, batch: dict, *, module: nn.Module, temperature: float,
-              symmetric: bool) -> dict:
+              symmetric: bool, pack_texts: int = 1) -> dict:
   """Validation loss and in-batch accuracy (no dropout); pure."""
-  embs = []
-  for t, m in _texts(batch, ('query', 'positive', 'negative')):
-    tokens = batch[t].reshape(-1, batch[t].shape[-1])
-    out = module.apply({'params': merge_params(state)}, tokens, batch[m].reshape(tokens.shape))
-    embs.append(out.reshape(*batch[t].shape[:-1], out.shape[-1]))
+  num_pairs = batch['query_tokens'].shape[0] * pack_texts
+  embs = [embed_texts(module, merge_params(state), batch[t], batch[m], num_pairs, pack_texts)
+          for t, m in _texts(batch, ('query', 'positive', 'negative'))]
   negatives = embs[2] if len(embs) > 2 else None
   return {'loss': loss_lib.info_nce(embs[0], embs[1], temperature=temperature, **_groups(batch),
                                     negatives=negatives, symmetric=symmetric),
@@ -303,7 +326,8 @@ def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: 
                          parallel_passage=train_config.parallel_passage_weight,
                          adversarial=Adversarial(adversarial.weight, adversarial.schedule,
                                                  adversarial.lambda_max, adversarial.hidden,
-                                                 train_config.steps))
+                                                 train_config.steps),
+                         pack_texts=train_config.pack_texts)
   return jax.jit(sharding.with_activation_rules(fn, mesh, rules),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -312,7 +336,7 @@ def jit_train_step(module, tx, shardings: TrainState, mesh, train_config, seed: 
 def jit_eval_step(module, shardings: TrainState, mesh, train_config, rules=()):
   """eval_step jitted over the mesh."""
   fn = functools.partial(eval_step, module=module, temperature=train_config.loss_temperature,
-                         symmetric=train_config.symmetric_loss)
+                         symmetric=train_config.symmetric_loss)  # validation: one text per row
   return jax.jit(sharding.with_activation_rules(fn, mesh, rules),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))

@@ -1,0 +1,102 @@
+"""Packed rows (several texts per row) give the embeddings and the loss of one text per row."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from hbt.batches import shards
+from hbt.model import encoder
+from hbt.model import tokenizer as tokenizer_lib
+from hbt.train import step as step_lib
+from tests import test_train_step as ts
+
+ARCH = ts.ARCH
+
+
+def random_texts(count, low, high, seed):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(4, ARCH.vocab_size, size=n).astype(np.int32)
+          for n in rng.integers(low, high + 1, size=count)]
+
+
+def padded(seqs):
+  return tokenizer_lib.pad_batch(seqs, max(map(len, seqs)), ARCH.pad_id)
+
+
+def init(module):
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  return ts.nn_unbox(module.init(jax.random.key(0), dummy, dummy))
+
+
+def test_segment_positions_restart_at_each_text():
+  seg = jnp.array([[1, 1, 1, 3, 3, 2, 0, 0], [4, 4, 4, 4, 4, 4, 4, 4]])
+  np.testing.assert_array_equal(encoder.segment_positions(seg),
+                                [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
+
+
+@pytest.mark.parametrize('pooling', encoder.POOLINGS)
+def test_packed_embeddings_equal_one_text_per_row(pooling):
+  module = encoder.Encoder(ARCH, pooling=pooling)
+  params = init(module)
+  texts = random_texts(12, 2, 20, seed=1)
+  ids, mask = padded(texts)
+  want = np.asarray(module.apply({'params': params}, ids, mask))
+  tokens, segments = shards.pack(texts, 3, ARCH.pad_id)
+  assert tokens.shape[0] == 3 and tokens.shape[1] > ids.shape[1]  # really several per row
+  got = np.asarray(module.apply({'params': params}, tokens, segments, num_texts=len(texts)))
+  cos = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+  assert cos.min() >= 0.9999
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def run_packed(batch, packed, pack):
+  """One step (no dropout) on the plain batch and on its packed form: (metrics, params) each."""
+  config = ts.train_config()
+  out = []
+  for b, p in ((batch, 1), (packed, pack)):
+    config.pack_texts = p
+    params, metrics = ts.run_steps(jax.devices()[:1], config, [b], dropout=0.0)
+    out.append((metrics[0], params))
+  return out
+
+
+def test_packed_step_equals_unpacked_step():
+  pairs, pack, hard = 8, 4, 2
+  sides = {'query': random_texts(pairs, 3, 8, seed=2),
+           'positive': random_texts(pairs, 4, 12, seed=3)}
+  if hard:
+    sides['negative'] = random_texts(pairs * hard, 4, 12, seed=4)
+  batch, packed = {}, {}
+  for name, texts in sides.items():
+    ids, mask = padded(texts)
+    if name == 'negative':
+      ids, mask = ids.reshape(pairs, hard, -1), mask.reshape(pairs, hard, -1)
+    batch[f'{name}_tokens'], batch[f'{name}_mask'] = ids, mask
+    packed[f'{name}_tokens'], packed[f'{name}_mask'] = shards.pack(texts, len(texts) // pack,
+                                                                   ARCH.pad_id)
+  (m1, p1), (m4, p4) = run_packed(batch, packed, pack)
+  np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-5)
+  np.testing.assert_allclose(m4['l2_grads'], m1['l2_grads'], rtol=1e-4)
+  ts.assert_trees_close(p1, p4, 1e-5)
+
+
+def test_packed_eval_step_equals_unpacked():
+  module = encoder.Encoder(ARCH)
+  params = init(module)
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  config = ts.train_config()
+  tx = step_lib.make_optimizer(config)
+  shardings = step_lib.state_shardings(module, tx, mesh, ts.RULES, True)
+  state = step_lib.create_state(params, tx, shardings, True)
+  q, p = random_texts(8, 3, 9, seed=5), random_texts(8, 3, 15, seed=6)
+  plain = dict(zip(('query_tokens', 'query_mask'), padded(q)))
+  plain.update(zip(('positive_tokens', 'positive_mask'), padded(p)))
+  packed = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, ARCH.pad_id)))
+  packed.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, ARCH.pad_id)))
+  want = step_lib.eval_step(state, plain, module=module, temperature=0.05, symmetric=True)
+  got = step_lib.eval_step(state, packed, module=module, temperature=0.05, symmetric=True,
+                           pack_texts=2)
+  np.testing.assert_allclose(float(got['loss']), float(want['loss']), rtol=1e-5)
+  assert float(got['accuracy']) == float(want['accuracy'])
