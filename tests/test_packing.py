@@ -100,3 +100,36 @@ def test_packed_eval_step_equals_unpacked():
                            pack_texts=2)
   np.testing.assert_allclose(float(got['loss']), float(want['loss']), rtol=1e-5)
   assert float(got['accuracy']) == float(want['accuracy'])
+
+
+def test_second_epoch_compiles_nothing():
+  """After one epoch over every batch shape, the train step never compiles again."""
+  config = ts.train_config(pack_texts=2)
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  module = encoder.Encoder(ARCH, dropout_rate=0.1)
+  tx = step_lib.make_optimizer(config)
+  shardings = step_lib.state_shardings(module, tx, mesh, ts.RULES, True)
+  state = step_lib.create_state(init(module), tx, shardings, True)
+  fn = step_lib.jit_train_step(module, tx, shardings, mesh, config, seed=0)
+  epoch = []
+  for seed, high in ((7, 8), (8, 20), (9, 8)):  # two packed shapes, one repeated
+    q, p = random_texts(8, 3, high, seed), random_texts(8, 3, high, seed + 10)
+    batch = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, ARCH.pad_id)))
+    batch.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, ARCH.pad_id)))
+    epoch.append(batch)
+  assert len({b['positive_tokens'].shape for b in epoch}) == 2
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event) if event == (
+      '/jax/core/compile/backend_compile_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    for b in epoch:
+      state, _ = fn(state, b)
+    first = len(compiles)
+    for b in epoch:
+      state, metrics = fn(state, b)
+    jax.block_until_ready(metrics)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert first >= 2  # the listener sees compilations: one per shape at least
+  assert len(compiles) == first, compiles[first:]

@@ -58,10 +58,12 @@ def arch_of(model_config) -> encoder.Arch:
 def _abstract_batch(train_config, mesh) -> dict:
   """ShapeDtypeStructs of one global training batch, split like the real ones."""
   t, spec = train_config, sharding.batch_sharding(mesh)
-  shapes = {'query': (t.batch_size, t.max_query_length),
-            'positive': (t.batch_size, t.max_passage_length)}
+  p = t.pack_texts  # packed rows (hbt.batches.shards): B / p rows of at most p longest texts
+  shapes = {'query': (t.batch_size // p, p * t.max_query_length),
+            'positive': (t.batch_size // p, p * t.max_passage_length)}
   if t.hard_negatives:
-    shapes['negative'] = (t.batch_size, t.hard_negatives, t.max_passage_length)
+    shapes['negative'] = ((t.batch_size, t.hard_negatives, t.max_passage_length) if p == 1 else
+                          (t.batch_size * t.hard_negatives // p, p * t.max_passage_length))
   return {f'{side}_{kind}': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec)
           for side, shape in shapes.items() for kind in ('tokens', 'mask')}
 
