@@ -133,6 +133,7 @@ def get_config(arg=None):
   config.train.max_passage_length = 96  # Positive / negative tokens in training batches.
   # Texts packed into each row of a training batch (block-diagonal attention, pooled per text):
   # rows = batch_size / pack_texts, so far less padding; 1 = one text per row, padded to a bucket.
+  # Lowered at start (and logged) where the rows would not split over the data-parallel devices.
   config.train.pack_texts = 4
   config.train.checkpoint_every = 50  # Steps between checkpoints (orbax also saves the last).
   config.train.keep_checkpoints = 2  # Recent checkpoints kept (the best by val loss is kept too).

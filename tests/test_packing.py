@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from hbt.batches import buckets
 from hbt.batches import shards
 from hbt.model import encoder
 from hbt.model import tokenizer as tokenizer_lib
@@ -112,7 +113,7 @@ def test_second_epoch_compiles_nothing():
   state = step_lib.create_state(init(module), tx, shardings, True)
   fn = step_lib.jit_train_step(module, tx, shardings, mesh, config, seed=0)
   epoch = []
-  for seed, high in ((7, 8), (8, 20), (9, 8)):  # two packed shapes, one repeated
+  for seed, high in ((7, 8), (8, 30), (9, 8)):  # two packed shapes, one repeated
     q, p = random_texts(8, 3, high, seed), random_texts(8, 3, high, seed + 10)
     batch = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, ARCH.pad_id)))
     batch.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, ARCH.pad_id)))
@@ -133,3 +134,11 @@ def test_second_epoch_compiles_nothing():
     jax.monitoring.unregister_event_duration_listener(listener)
   assert first >= 2  # the listener sees compilations: one per shape at least
   assert len(compiles) == first, compiles[first:]
+
+
+@pytest.mark.parametrize('batch,pack,devices,expected', [
+    (32, 4, 1, 4), (32, 4, 8, 4), (16, 4, 8, 2), (8, 4, 8, 1), (12, 4, 2, 3), (8, 1, 8, 1)])
+def test_fit_pack_lowers_packing_to_split_rows_over_devices(batch, pack, devices, expected):
+  config = ts.train_config(batch_size=batch, pack_texts=pack)
+  assert buckets.fit_pack(config, devices) == expected == config.pack_texts
+  assert (batch // expected) % devices == 0

@@ -4,6 +4,8 @@ A batch is padded to the smallest bucket that holds its longest text, so the jit
 a handful of shapes (each compiles once) and short texts are not padded to the longest.
 """
 
+from absl import logging
+
 BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
@@ -26,3 +28,16 @@ PACKED_STEP = 32  # Packed rows (several texts each) are padded to a multiple of
 def packed_length(n: int) -> int:
   """The padded length of a packed row of `n` tokens: the next multiple of PACKED_STEP."""
   return max(PACKED_STEP, -(-n // PACKED_STEP) * PACKED_STEP)
+
+
+def fit_pack(train_config, batch_shards: int) -> int:
+  """Sets and returns train_config.pack_texts: at most its value, such that the packed rows of a
+  batch split evenly over `batch_shards` devices (1 packs nothing); logs a lowered value."""
+  want, size = train_config.pack_texts, train_config.batch_size
+  fits = [p for p in range(want, 0, -1) if size % p == 0 and (size // p) % batch_shards == 0]
+  pack = fits[0] if fits else 1
+  if pack != want:
+    logging.info('config.train.pack_texts=%d: %d texts per row instead, so that the rows of a '
+                 'batch of %d split over %d devices', want, pack, size, batch_shards)
+    train_config.pack_texts = pack
+  return pack

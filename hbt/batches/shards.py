@@ -282,8 +282,8 @@ def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: 
           'prepare': {'format_version': FORMAT_VERSION, 'batch_size': batch_size,
                       'num_steps': num_steps, 'max_query_length': max_query_length,
                       'max_passage_length': max_passage_length,
-                      'hard_negatives': hard_negatives, 'pad_id': pad_id, 'buckets': buckets.BUCKETS,
-                      **({'parallel': True} if parallel else {}),
+                      'hard_negatives': hard_negatives, 'pad_id': pad_id,
+                      'buckets': buckets.BUCKETS, **({'parallel': True} if parallel else {}),
                       **({'pack_texts': pack_texts, 'packed_step': buckets.PACKED_STEP}
                          if pack_texts > 1 else {})}}
 

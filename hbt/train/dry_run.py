@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from hbt import sharding
+from hbt.batches import buckets
 from hbt.model import encoder
 from hbt.model import weights
 from hbt.train import step as step_lib
@@ -82,6 +83,7 @@ def analyse(config, arch: encoder.Arch, devices=None) -> dict:
   if c.train.batch_size % sharding.data_parallel_size(mesh):
     raise ValueError(f'config.train.batch_size={c.train.batch_size} must be a multiple of the '
                      f'{sharding.data_parallel_size(mesh)} batch shards (data x fsdp) of {mesh}')
+  buckets.fit_pack(c.train, sharding.data_parallel_size(mesh))
   dtype = 'bfloat16' if c.model.dtype == 'auto' else c.model.dtype  # 'auto' is bf16 on accelerators
   pooling = 'mean' if c.model.pooling == 'auto' else c.model.pooling
   module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype),

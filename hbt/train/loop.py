@@ -39,6 +39,7 @@ import numpy as np
 
 from hbt import io
 from hbt import sharding
+from hbt.batches import buckets
 from hbt.batches import clusters as clusters_lib
 from hbt.batches import input_pipeline
 from hbt.batches import sampler as sampler_lib
@@ -218,6 +219,7 @@ def train_and_evaluate(config, workdir, model=None, mesh=None) -> dict:
   t = config.train
   mesh = mesh or sharding.make_mesh(config.mesh)
   model = model or build.load(config.model)
+  buckets.fit_pack(t, sharding.data_parallel_size(mesh))
   train_pairs, val_pairs = training_pairs(config)
   shard_dir = prepare(config, workdir, model.tokenizer, train_pairs)
   logging.info('shards: %s', shard_dir)
