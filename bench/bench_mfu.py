@@ -20,6 +20,7 @@ and --passage-length passage tokens per train step (default 128, 64, 256), encod
 import argparse
 import os
 import pathlib
+import resource
 import sys
 import time
 
@@ -84,10 +85,11 @@ def _timed(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def _xla_flops(compiled) -> float | None:
+def _xla_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled function, per device (nan if it gives none)."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops']) if cost and 'flops' in cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else float('nan')
 
 
 def run(model: str, batch: int, query_length: int, passage_length: int, steps: int,
@@ -141,7 +143,8 @@ def run(model: str, batch: int, query_length: int, passage_length: int, steps: i
   encode_s = _timed(lambda: jax.block_until_ready(encode_fn(full, pt, pm)), steps)
   return {'train_s': train_s, 'train_compile_s': train_compile,
           'train_flops': train_flops(arch, batch, query_length, passage_length),
-          'train_xla_flops': _xla_flops(train_fn), 'encode_s': encode_s,
+          'train_xla_flops': _xla_flops(train_fn) * mesh.size,  # XLA counts per device
+          'train_devices': mesh.size, 'encode_s': encode_s, 'encode_devices': 1,
           'encode_flops': encoder_flops(arch, batch, passage_length),
           'encode_xla_flops': _xla_flops(encode_fn)}
 
@@ -164,24 +167,25 @@ def main() -> int:
   if args.platform:
     os.environ['JAX_PLATFORMS'] = args.platform
   import jax  # pylint: disable=g-import-not-at-top
-  import common  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   peak = peak_flops(device.device_kind, args.peak_tflops)
   print(f'{len(jax.devices())} x {device.device_kind} ({device.platform}); peak bf16 '
         f'{"unknown (pass --peak-tflops)" if peak is None else f"{peak / 1e12:.0f} TFLOP/s"}; '
-        f'{common.machine_header()}', flush=True)
+        f'jax {jax.__version__}; load average {os.getloadavg()[0]:.2f}', flush=True)
   for model in args.model.split(','):
     r = run(model, args.batch, args.query_length, args.passage_length, args.steps, args.dtype)
     for what in ('train', 'encode'):
       flops, seconds, xla = r[f'{what}_flops'], r[f'{what}_s'], r[f'{what}_xla_flops']
-      util = f'MFU {100 * mfu(flops, seconds, peak):.1f}%' if peak else 'MFU unknown'
-      xla_note = f'{xla / 1e9:.2f}' if xla else 'n/a'
+      devices = r[f'{what}_devices']
+      util = (f'MFU {100 * mfu(flops, seconds, peak * devices):.1f}% on {devices} device(s)'
+              if peak else 'MFU unknown')
+      xla_note = f'{xla / 1e9:.2f}'
       print(f'{model:<11}{what:<7}{args.dtype} batch {args.batch} lengths '
             f'{args.query_length}/{args.passage_length}: {seconds * 1e3:9.2f} ms/step, model '
             f'{flops / 1e9:.2f} GFLOP (XLA counts {xla_note}), {flops / seconds / 1e12:8.3f} '
             f'TFLOP/s, {util}', flush=True)
     print(f'{model:<11}train step compilation {r["train_compile_s"]:.1f} s; peak RSS '
-          f'{common.peak_rss_mib():.0f} MiB', flush=True)
+          f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB', flush=True)
   return 0
 
 
