@@ -23,7 +23,7 @@ def tiny_config(mesh_shape):
   config = models.get_config('xlmr_base')
   config.model.arch.update(ARCH)
   config.train.update(batch_size=16, max_query_length=8, max_passage_length=16,
-                      freeze_embeddings=False)
+                      freeze_embeddings=False, pack_texts=1)  # the FLOP formula's unpacked shapes
   config.mesh.shape = mesh_shape
   config_lib.validate(config)
   return config
