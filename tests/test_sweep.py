@@ -5,6 +5,7 @@ evaluation JSON and a shard manifest), with figures the test chooses, and the su
 from there as in a real run.
 """
 
+import ast
 import json
 import pathlib
 
@@ -218,6 +219,14 @@ def test_missing_results_name_the_file(tmp_path):
     summary_lib.read(tmp_path / 'bad.json.gz')
 
 
+def _literal(text: str):
+  """A flag value as Python reads it (int, float, bool, tuple), else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
   """hbt.main subprocesses end to end (zero-shot, train, eval), summarised and resumed."""
   from tests import runs  # pylint: disable=g-import-not-at-top
@@ -226,7 +235,7 @@ def test_smoke_real_runs_with_a_tiny_model(tmp_path, data_dir, monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one device, as a user runs it
   tiny = dict(arg.removeprefix('--config.').split('=', 1)
               for arg in runs.tiny(tmp_path / 'tiny', data_dir, 2))
-  tiny = {k: int(v) if v.isdigit() else v for k, v in tiny.items()}
+  tiny = {k: _literal(v) for k, v in tiny.items()}  # '2' -> 2, '0.2' -> 0.2, 'hf' stays
   tiny.update({'train.learning_rate': 1e-3, 'eval.progress': False, 'eval.langs': 'en,th',
                'evals.val.every': 2, 'train.checkpoint_every': 2})
   toy = spec(budget=tiny, arms={'hybrid': {'train.strategy': 'hybrid'}}, seeds=(0,), contrasts=())
