@@ -337,19 +337,24 @@ def _signed(x: float) -> str:
   return ('+' if x >= 0 else '−') + fmt(abs(x))
 
 
-def table_tests(runs: Runs) -> str:
-  rows = []
+def _contrasts_with_runs(runs: Runs):
+  """(direction, arm a, arm b) of every configured contrast whose two arms both have runs."""
   for d in runs.directions:
     for a, b in runs.contrasts:
-      if not (runs.get(d, a) and runs.get(d, b)):
-        continue
-      for s in SETTINGS:
-        c = contrast(runs, d, a, b, s)
-        ci = '–' if c['ci95'] is None else f'[{_signed(c["ci95"][0])}, {_signed(c["ci95"][1])}]'
-        rows.append([bench_name(runs.get(d, a)[0]['benchmark']),
-                     f'{arm_label(runs.spec, a)} − {arm_label(runs.spec, b)}', s,
-                     _signed(c['diff']), ci, _p(c['p_value']), str(c['queries']),
-                     f'{fmt(c["std_a"])} / {fmt(c["std_b"])}', verdict(c)])
+      if runs.get(d, a) and runs.get(d, b):
+        yield d, a, b
+
+
+def table_tests(runs: Runs) -> str:
+  rows = []
+  for d, a, b in _contrasts_with_runs(runs):
+    for s in SETTINGS:
+      c = contrast(runs, d, a, b, s)
+      ci = '–' if c['ci95'] is None else f'[{_signed(c["ci95"][0])}, {_signed(c["ci95"][1])}]'
+      rows.append([bench_name(runs.get(d, a)[0]['benchmark']),
+                   f'{arm_label(runs.spec, a)} − {arm_label(runs.spec, b)}', s,
+                   _signed(c['diff']), ci, _p(c['p_value']), str(c['queries']),
+                   f'{fmt(c["std_a"])} / {fmt(c["std_b"])}', verdict(c)])
   if not rows:
     return 'No contrast has runs of both arms yet.'
   return _table(['dataset', 'contrast', 'setting', 'Δ mAP', '95% CI (questions)', 'p',
@@ -359,29 +364,26 @@ def table_tests(runs: Runs) -> str:
 def headline(runs: Runs) -> str:
   """One computed sentence per dataset and contrast."""
   lines = []
-  for d in runs.directions:
-    for a, b in runs.contrasts:
-      if not (runs.get(d, a) and runs.get(d, b)):
-        continue
-      cs = {s: contrast(runs, d, a, b, s) for s in SETTINGS}
-      parts = [f'{s} {_signed(c["diff"])} ({verdict(c)}; p {_p(c["p_value"])})'
-               for s, c in cs.items()]
-      wins = [s for s, c in cs.items() if decisive(c, 1)]
-      losses = [s for s, c in cs.items() if decisive(c, -1)]
-      if cs['mono']['p_value'] is None:
-        outcome = 'could not be tested (no per-query AP) against'
-      elif wins and not losses:
-        outcome = 'beat'
-      elif losses and not wins:
-        outcome = 'lost to'
-      elif wins:
-        outcome = 'traded off against'
-      else:
-        outcome = 'did not differ significantly from'
-      lines.append(f'- **{runs.label(d)}**: {arm_label(runs.spec, a)} {outcome} '
-                   f'{arm_label(runs.spec, b)} (higher in: {", ".join(wins) or "none"}; lower in: '
-                   f'{", ".join(losses) or "none"}; seeds {cs["mono"]["seeds"][0]} and '
-                   f'{cs["mono"]["seeds"][1]}). mAP differences: {"; ".join(parts)}.')
+  for d, a, b in _contrasts_with_runs(runs):
+    cs = {s: contrast(runs, d, a, b, s) for s in SETTINGS}
+    parts = [f'{s} {_signed(c["diff"])} ({verdict(c)}; p {_p(c["p_value"])})'
+             for s, c in cs.items()]
+    wins = [s for s, c in cs.items() if decisive(c, 1)]
+    losses = [s for s, c in cs.items() if decisive(c, -1)]
+    if cs['mono']['p_value'] is None:
+      outcome = 'could not be tested (no per-query AP) against'
+    elif wins and not losses:
+      outcome = 'beat'
+    elif losses and not wins:
+      outcome = 'lost to'
+    elif wins:
+      outcome = 'traded off against'
+    else:
+      outcome = 'did not differ significantly from'
+    lines.append(f'- **{runs.label(d)}**: {arm_label(runs.spec, a)} {outcome} '
+                 f'{arm_label(runs.spec, b)} (higher in: {", ".join(wins) or "none"}; lower in: '
+                 f'{", ".join(losses) or "none"}; seeds {cs["mono"]["seeds"][0]} and '
+                 f'{cs["mono"]["seeds"][1]}). mAP differences: {"; ".join(parts)}.')
   return '\n'.join(lines) if lines else '- No contrast has runs of both arms yet.'
 
 
