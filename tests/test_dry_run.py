@@ -1,18 +1,25 @@
 """The dry run: a train step compiled on abstract shapes; FSDP over 8 devices divides the per-device
-params and optimizer memory by 8; the CLI mode sets its own simulated device count."""
+params and optimizer memory by 8; the CLI mode sets its own simulated device count; its batch is the
+real step's (alignment terms and the language discriminator on)."""
 
 import os
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from configs import models
 from hbt import config_lib
+from hbt import sharding
+from hbt.eval import evaluators
 from hbt.model import encoder
+from hbt.train import adversarial
 from hbt.train import dry_run
+from tests import test_shards as ts
 from tests.conftest import REPO
+from tests.test_shards import pairs, sampler, tokenizer  # pylint: disable=unused-import (fixtures)
 
 # Every dimension the rules split is divisible by 8.
 ARCH = dict(vocab_size=512, hidden=64, layers=1, heads=4, mlp=128, max_positions=64,
@@ -109,3 +116,51 @@ def test_remat_cuts_the_activation_memory():
     config.train.max_passage_length = 64
     temp[remat] = dry_run.analyse(config, arch, jax.devices()[:1])['temp_bytes']
   assert temp[True] < 0.5 * temp[False]
+
+
+@pytest.mark.parametrize('pack', [1, 2])
+def test_abstract_batch_is_the_real_step_batch(tmp_path, sampler, pairs, tokenizer, pack):
+  """Shards with every side (hard negatives, parallel sides) read back and made global as the
+  train loop does: the dry run's batch has the same arrays, dtypes and shardings, and shapes up to
+  the bucketed token length (at most the max length)."""
+  with_negs = ts._with_negatives(pairs, 2)
+  folder = ts._prepare(tmp_path, type(sampler)(with_negs, ts.BATCH, 'hybrid', seed=5), with_negs,
+                       tokenizer, num_steps=2, hard_negatives=2, parallel=True, pack_texts=pack)
+  mesh = sharding.make_mesh(tiny_config((-1, 1, 1)).mesh, jax.devices()[:4])  # 4 packed rows
+  real = evaluators.global_batch(ts._read(folder)[0], mesh)
+  config = tiny_config((-1, 1, 1))
+  config.train.update(batch_size=ts.BATCH, max_query_length=ts.MAX_Q,
+                      max_passage_length=ts.MAX_P, hard_negatives=2, pack_texts=pack,
+                      parallel_passage_weight=0.5)
+  abstract = dry_run._abstract_batch(config, mesh)
+  assert sorted(abstract) == sorted(real)
+  for key, x in real.items():
+    a = abstract[key]
+    assert (a.dtype, a.sharding, a.shape[:-1]) == (x.dtype, x.sharding, x.shape[:-1]), key
+    assert x.shape[-1] <= a.shape[-1], key
+
+
+@pytest.fixture(scope='module')
+def plain_and_with_terms():
+  """The step's figures without and with both alignment terms and the discriminator."""
+  out = []
+  for on in (False, True):
+    config = tiny_config((-1, 1, 1))
+    if on:
+      config.train.update(parallel_query_weight=0.5, parallel_passage_weight=0.5)
+      config.train.adversarial.update(weight=0.1, hidden=16)
+    out.append(dry_run.analyse(config, encoder.Arch(**ARCH)))
+  return out
+
+
+def test_dry_run_compiles_the_step_with_alignment_terms_and_discriminator(plain_and_with_terms):
+  plain, terms = plain_and_with_terms
+  h, classes = ARCH['hidden'], len(adversarial.LANGS)
+  discriminator = h * 16 + 16 + 16 * classes + classes
+  assert terms['trainable_params'] - plain['trainable_params'] == discriminator
+  assert terms['params'] - plain['params'] == discriminator
+  # The parallel sides (each id's query and positive in the other language) are encoded too:
+  # twice the texts of the same shapes, so about twice the matmul FLOPs.
+  hand = train_flops(encoder.Arch(**ARCH), 16, 8, 16)
+  assert 1.0 <= (terms['flops'] - plain['flops']) / hand < 1.25
+  assert terms['opt_state_bytes'] > plain['opt_state_bytes']

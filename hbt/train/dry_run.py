@@ -6,7 +6,9 @@
 The params and optimizer state exist only as shapes (`jax.eval_shape`); the train step is lowered
 and compiled ahead of time (`jit(...).lower(...).compile()`) for config.model.arch on
 config.dry_run.devices simulated CPU devices laid out as config.mesh, with the real shardings, batch
-(config.train: batch_size, max_*_length, hard_negatives, grad_accum_steps) and remat. XLA's host
+(config.train: batch_size, max_*_length, hard_negatives, pack_texts, grad_accum_steps; the parallel
+sides of the alignment terms when they are on), objective (the language discriminator's params
+under config.train.adversarial) and remat. XLA's host
 device count is fixed when JAX starts its backend, so hbt.main calls `run` first thing, before
 anything touches a device; in a process whose backend has started (tests), `analyse` takes the
 devices it has. Printed, per step and per device unless said otherwise:
@@ -35,6 +37,7 @@ from hbt import sharding
 from hbt.batches import buckets
 from hbt.model import encoder
 from hbt.model import weights
+from hbt.train import loop
 from hbt.train import step as step_lib
 
 
@@ -56,17 +59,29 @@ def arch_of(model_config) -> encoder.Arch:
   return weights.hf_arch(json.loads(path.read_text(encoding='utf-8')))
 
 
-def _abstract_batch(train_config, mesh) -> dict:
-  """ShapeDtypeStructs of one global training batch, split like the real ones."""
-  t, spec = train_config, sharding.batch_sharding(mesh)
-  p = t.pack_texts  # packed rows (hbt.batches.shards): B / p rows of at most p longest texts
-  shapes = {'query': (t.batch_size // p, p * t.max_query_length),
-            'positive': (t.batch_size // p, p * t.max_passage_length)}
+def _abstract_batch(config, mesh) -> dict:
+  """ShapeDtypeStructs of one global training batch as `evaluators.global_batch` hands it to the
+  step (`input_pipeline`'s arrays), split like the real ones: the text sides' tokens and masks,
+  their positive groups, the language ids, and the parallel sides under an alignment term."""
+  t, spec = config.train, sharding.batch_sharding(mesh)
+  p = t.pack_texts  # packed rows (hbt.batches.shards): B / p rows of at most p longest texts,
+  # padded to a multiple of buckets.PACKED_STEP
+  q, l = ((t.max_query_length, t.max_passage_length) if p == 1 else
+          (buckets.packed_length(p * t.max_query_length),
+           buckets.packed_length(p * t.max_passage_length)))
+  shapes = {'query': (t.batch_size // p, q), 'positive': (t.batch_size // p, l)}
   if t.hard_negatives:
-    shapes['negative'] = ((t.batch_size, t.hard_negatives, t.max_passage_length) if p == 1 else
-                          (t.batch_size * t.hard_negatives // p, p * t.max_passage_length))
-  return {f'{side}_{kind}': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec)
-          for side, shape in shapes.items() for kind in ('tokens', 'mask')}
+    shapes['negative'] = ((t.batch_size, t.hard_negatives, l) if p == 1 else
+                          (t.batch_size * t.hard_negatives // p, l))
+  if loop.parallel_sides(config):
+    shapes.update(query2=shapes['query'], positive2=shapes['positive'])
+  int32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec)
+  batch = {f'{side}_{kind}': int32(shape) for side, shape in shapes.items()
+           for kind in ('tokens', 'mask')}
+  batch.update({f'{side}_group': int32((t.batch_size, t.hard_negatives) if side == 'negative'
+                                       else (t.batch_size,)) for side in shapes})
+  batch.update(query_lang=int32((t.batch_size,)), positive_lang=int32((t.batch_size,)))
+  return batch
 
 
 def _device_bytes(tree, shardings) -> int:
@@ -90,15 +105,16 @@ def analyse(config, arch: encoder.Arch, devices=None) -> dict:
                            dropout_rate=c.model.dropout_rate, remat=c.model.remat)
   tx = step_lib.make_optimizer(c.train)
   freeze = c.train.freeze_embeddings
-  shardings = step_lib.state_shardings(module, tx, mesh, c.mesh.rules, freeze)
-  abstract = nn.unbox(step_lib.abstract_state(module, tx, freeze))
+  heads = step_lib.heads(c.train, module, c.seed)  # the language discriminator's (small) params
+  shardings = step_lib.state_shardings(module, tx, mesh, c.mesh.rules, freeze, heads)
+  abstract = nn.unbox(step_lib.abstract_state(module, tx, freeze, heads))
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings)
   start = time.perf_counter()
   step = step_lib.jit_train_step(module, tx, shardings, mesh, c.train, c.seed, c.mesh.rules)
   # The program never runs: skip the backend's code optimisations (same buffers, same cost
   # analysis, about half the compile time on a CPU).
-  batch = _abstract_batch(c.train, mesh)
+  batch = _abstract_batch(c, mesh)
   compiled = step.lower(state, batch).compile(
       compiler_options={'xla_backend_optimization_level': 0})
   seconds = time.perf_counter() - start
