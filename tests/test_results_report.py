@@ -114,3 +114,116 @@ def test_verdict_weighs_the_test_and_the_seed_noise(diff, p, noise, word):
   c = {'diff': diff, 'p_value': p, 'noise': noise}
   assert report.verdict(c).startswith(word)
   assert report.decisive(c, 1 if diff > 0 else -1) == word.startswith(('higher', 'lower'))
+
+
+# ------------------------------------------------------------- a sweep over alpha (x_axis)
+
+ALPHAS = (0.0, 0.5, 1.0)
+LOW_RESOURCE = ('de', 'th', 'hi')  # hi is not evaluated here: left out of the means
+# val_map/multi/ap at steps 0, 10, 20, 30 per (alpha, seed). Step 0 is 0.5 everywhere; the best
+# final mean is alpha 0.5's 0.95, so the threshold is 0.5 + 0.9 x (0.95 - 0.5) = 0.905.
+MULTI_AP = {(0.0, 0): (0.5, 0.92, 0.92, 0.92), (0.0, 1): (0.5, 0.6, 0.8, 0.92),  # mean .86 -> .92
+            (0.5, 0): (0.5, 0.8, 0.92, 1.0), (0.5, 1): (0.5, 0.7, 0.9, 0.9),  # mean .91 at 20
+            (1.0, 0): (0.5, 0.55, 0.6, 0.65), (1.0, 1): (0.5, 0.55, 0.6, 0.7)}
+EXPECTED_STEPS = {'α=0.0': '30 (10, 30)', 'α=0.5': '20 (20, n.r.)',
+                  'α=1.0': 'not reached (n.r., n.r.)'}
+
+
+def alpha_results(arm, seed) -> dict:
+  """fake_results with per-query MRR unlike AP (seeded), and the pair / multi means from them."""
+  results = test_sweep.fake_results(arm, seed)
+  rng = np.random.default_rng([sum(map(ord, arm)), 0 if seed is None else seed + 1])
+  per_query = results['per_query']
+  for name, entries, means in (('pairs', per_query['pairs'], results['pairs']),
+                               ('multi', per_query['multi'], results['multi'])):
+    for key, entry in entries.items():
+      entry['mrr'] = (1.0 / rng.integers(1, 6, len(entry['qids']))).tolist()
+      means[key]['mrr'] = float(np.mean(entry['mrr']))
+  return results
+
+
+def alpha_run(spec_, run, workdir):
+  """A run with alpha_results and validation curves every 10 steps (MULTI_AP; mono only drops)."""
+  if run['arm'] == sweep_lib.ZERO_SHOT:
+    return test_sweep.fake_run(spec_, run, workdir, alpha_results(run['arm'], None))
+  alpha = run['overrides']['train.alpha']
+  rows = [{'step': 10 * i, 'val_map/multi/ap': v, 'val_map/mono/ap': 0.8 - 0.05 * i,
+           'val/loss': 2.0 - alpha * i / 10} for i, v in enumerate(MULTI_AP[alpha, run['seed']])]
+  return test_sweep.fake_run(spec_, run, workdir, alpha_results(run['arm'], run['seed']), rows)
+
+
+@pytest.fixture(scope='module')
+def alpha_summaries(tmp_path_factory):
+  root = tmp_path_factory.mktemp('alpha')
+  spec = test_sweep.spec(
+      name='alpha', arms={f'alpha{a}'.replace('.', '_'): {'train.strategy': 'hybrid',
+                                                        'train.alpha': a} for a in ALPHAS},
+      seeds=(0, 1), contrasts=(), x_axis='train.alpha', threshold=0.9, low_resource=LOW_RESOURCE)
+  sweep_lib.run_sweep(spec, root / 'runs', root / 'summaries', run_fn=alpha_run,
+                      log=lambda _: None)
+  return root / 'summaries'
+
+
+def test_steps_to_threshold_by_hand(alpha_summaries):
+  runs = report.Runs(*report.load(alpha_summaries))
+  found = report.threshold_of(runs, 'mlqa_to_xquad', 'val_map/multi/ap', 0.9)
+  assert found['start'] == pytest.approx(0.5) and found['best'] == pytest.approx(0.95)
+  assert found['best_arm'] == 'alpha0_5' and found['threshold'] == pytest.approx(0.905)
+  assert report.steps_to_threshold(runs.get('mlqa_to_xquad', 'alpha0_0'), 'val_map/multi/ap',
+                                   0.905) == (30, [10, 30])
+  # Mono only drops: no arm gained, no threshold.
+  assert report.threshold_of(runs, 'mlqa_to_xquad', 'val_map/mono/ap', 0.9)['threshold'] is None
+  table = report.table_threshold(runs, 0.9)
+  assert 'val_map/multi/ap: start .500, best .950 (α=0.5), threshold .9050' in table
+  assert 'val_map/mono/ap: start .800, best .650 (α=0.0), threshold – (no arm gained' in table
+  for label, cell in EXPECTED_STEPS.items():
+    assert _row(table, label)[1:] == ['–', cell]  # columns: mono, multi (in THRESHOLD_CURVES order)
+
+
+def test_alpha_report_mrr_per_language_and_plots(alpha_summaries, tmp_path):
+  out = tmp_path / 'docs' / 'results.md'
+  report.write_report(alpha_summaries, out)
+  text = out.read_text()
+  for png in ('alpha_curves.png', 'alpha_final.png', 'alpha_map.png'):
+    assert (tmp_path / 'docs' / 'results' / png).stat().st_size > 1000
+  assert '![final figures against train.alpha](results/alpha_final.png)' in text
+  assert _row(text.split('#### Steps to threshold')[1], 'α=0.5')[2] == EXPECTED_STEPS['α=0.5']
+  # MRR per language against NumPy over the per-query figures, mean over the seeds.
+  mrr = text.split('### MRR per language')[1]
+  low = ['de', 'th']
+  for setting in ('mono', 'cross', 'multi'):
+    table = mrr.split(f'{setting} MRR**')[1].split('**')[0]
+    assert '| strategy | en | de† | th*† |' in table
+    for alpha in ALPHAS:
+      arm = f'alpha{alpha}'.replace('.', '_')
+      per_seed = []
+      for seed in (0, 1):
+        pq = alpha_results(arm, seed)['per_query']
+        if setting == 'mono':
+          per_seed.append([np.mean(pq['pairs'][f'{x}-{x}']['mrr']) for x in test_sweep.LANGS])
+        elif setting == 'cross':
+          per_seed.append([np.mean([np.mean(pq['pairs'][f'{x}-{y}']['mrr'])
+                                    for y in test_sweep.LANGS if y != x])
+                           for x in test_sweep.LANGS])
+        else:
+          per_seed.append([np.mean(pq['multi'][x]['mrr']) for x in test_sweep.LANGS])
+      cells = [float(c) for c in _row(table, f'α={alpha}')[1:]]
+      # Three decimals shown, of figures the summary keeps to five.
+      np.testing.assert_allclose(cells, np.mean(per_seed, axis=0), atol=5e-4 + 1e-5)
+      if setting == 'cross':  # the low-resource mean (de, th), mean ± std over seeds
+        lows = [np.mean([row[test_sweep.LANGS.index(l)] for l in low]) for row in per_seed]
+        cell = _row(text.split('### Final MRR')[1], f'α={alpha}')[5]
+        np.testing.assert_allclose([float(c) for c in cell.split(' ± ')],
+                                   [np.mean(lows), np.std(lows, ddof=1)], atol=5e-4 + 1e-5)
+  assert 'low-resource languages de, th' in text
+  assert _row(text.split('### Final MRR')[1], 'zero-shot')[-1] == '–'
+
+
+def test_a_sweep_without_the_alpha_keys_gets_none_of_its_sections(summaries, tmp_path):
+  runs = report.Runs(*report.load(summaries))
+  text = report.render(runs, 'runs', 'out.md', tmp_path, 'results')
+  for absent in ('Steps to threshold', 'MRR per language', 'Final MRR', 'against', '†'):
+    assert absent not in text
+  assert _row(text, 'X-X-mono')[0] == 'X-X-mono'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['toy_curves.png', 'toy_langmix.png',
+                                                         'toy_map.png']

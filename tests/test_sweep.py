@@ -76,12 +76,17 @@ def fake_results(arm: str, seed, benchmark='xquad_r') -> dict:
                         'pairs': per_pair, 'multi': multi_q}}
 
 
-def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
-  """Writes a run's outputs as hbt.main would, then summarises them as the real runner does."""
+def fake_run(spec_, run, workdir: pathlib.Path, results=None, curves=None) -> dict:
+  """Writes a run's outputs as hbt.main would, then summarises them as the real runner does.
+
+  results: the evaluation results (default fake_results of the arm and seed); curves: the rows of
+  metrics.jsonl of a trained run (default two rows with a loss and a validation loss).
+  """
   del spec_
   config = sweep_lib.run_config(run)
   (workdir / 'eval').mkdir(parents=True)
-  (workdir / 'eval' / 'xquad_r.json').write_text(json.dumps(fake_results(run['arm'], run['seed'])))
+  results = results or fake_results(run['arm'], run['seed'])
+  (workdir / 'eval' / 'xquad_r.json').write_text(json.dumps(results))
   if run['arm'] != sweep_lib.ZERO_SHOT:
     english = {'x_x_mono': 1, 'x_y': 6}.get(run['arm'], 3)
     manifest = {'describe': {'kinds': {'mono': 2, 'cross': 2}, 'lang_pairs': {
@@ -90,8 +95,8 @@ def fake_run(spec_, run, workdir: pathlib.Path) -> dict:
                 'false_negatives': {'masked': 3, 'per_batch': 0.75}}
     (workdir / 'shards' / 'abc').mkdir(parents=True)
     (workdir / 'shards' / 'abc' / 'manifest.json').write_text(json.dumps(manifest))
-    (workdir / 'metrics.jsonl').write_text('{"step": 2, "loss": 1.23456789}\n'
-                                           '{"step": 4, "loss": 0.5, "val/loss": 0.7}\n')
+    rows = curves or [{'step': 2, 'loss': 1.23456789}, {'step': 4, 'loss': 0.5, 'val/loss': 0.7}]
+    (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
   outputs = summary_lib.read_run_outputs(workdir)
   return summary_lib.make_summary(run, config, outputs, {'train_s': 60.0, 'eval_s': 30.0})
 
@@ -123,7 +128,29 @@ def test_the_strategies_sweep_is_valid_and_fair():
       'x_x_mono', 'x_y', 'x_x', 'en_en', 'hybrid'}
 
 
+def test_the_alpha_sweep_varies_alpha_only_with_denser_validation():
+  alpha, strategies = (sweep_lib.load_sweep(f'configs/sweeps/{n}.py') for n in ('alpha', 'strategies'))
+  assert alpha['x_axis'] == 'train.alpha' and alpha['threshold'] == 0.9
+  assert set(alpha['low_resource']) == {'hi', 'th', 'vi', 'el', 'tr'}
+  assert [a['train.alpha'] for a in alpha['arms'].values()] == [i / 10 for i in range(11)]
+  assert alpha['seeds'] == strategies['seeds']
+  assert alpha['budget'] == {**strategies['budget'], 'evals.val.every': 10,
+                             'evals.val_map.every': 10}
+  # alpha 0.5 is the strategies sweep's hybrid arm; only the validation cadence differs.
+  twin = [r for r in sweep_lib.runs(alpha) if r['name'] == 'mlqa_to_xquad.alpha0_5.seed1'][0]
+  hybrid = [r for r in sweep_lib.runs(strategies) if r['name'] == 'mlqa_to_xquad.hybrid.seed1'][0]
+  differ = {k for k in twin['overrides'].keys() | hybrid['overrides'].keys()
+            if twin['overrides'].get(k) != hybrid['overrides'].get(k)}
+  assert differ == {'evals.val.every', 'evals.val_map.every'}
+  assert sweep_lib.run_config(twin).evals.val_map.every == 10
+
+
 @pytest.mark.parametrize('changes, message', [
+    ({'x_axis': 'train.alpha'}, "arm 'x_x_mono' must set it to a number"),
+    ({'x_axis': 'train.strategy'}, 'must set it to a number'),
+    ({'threshold': 0}, 'threshold must be a fraction'),
+    ({'threshold': 1.5}, 'threshold must be a fraction'),
+    ({'low_resource': 'hi'}, 'low_resource must be a tuple'),
     ({'seeds': (0, 0)}, 'distinct'),
     ({'arms': {'a.b': {}}}, 'without'),
     ({'contrasts': (('hybrid', 'nope'),)}, 'arm the sweep does not have'),

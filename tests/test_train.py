@@ -15,6 +15,7 @@ import pytest
 from configs import default
 from hbt.data import pairs as pairs_lib
 from hbt.eval import evaluators
+from hbt.eval import report as eval_report
 from hbt.train import checkpoint
 from hbt.train import loop
 from hbt.train import step as step_lib
@@ -62,6 +63,14 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   assert after['step'] == 4
   assert values(records, 'zero_shot/mono/ap')[4] == pytest.approx(after['summary']['mono']['ap'])
   assert (eval_dir / 'val_map_step3.json').exists()
+  # val_map reports MRR beside mAP: multi MRR from the best rank of each query, in NumPy (mono
+  # and cross have one relevant candidate per query, so there MRR is AP).
+  assert sorted(values(records, 'val_map/multi/mrr')) == [0, 3, 4]
+  multi = eval_report.read_per_query(eval_dir / 'val_map_step3_per_query.npz')['multi']
+  expected = np.mean([np.mean(1.0 / multi[l]['rank_min']) for l in multi])
+  assert values(records, 'val_map/multi/mrr')[3] == pytest.approx(expected, abs=1e-6)
+  assert values(records, 'val_map/cross/mrr')[3] == pytest.approx(
+      values(records, 'val_map/cross/ap')[3], abs=1e-6)
 
   summary = json.loads((eval_dir / 'summary.json').read_text())
   assert summary['steps'] == [0, 4]

@@ -10,6 +10,12 @@ unseen in training apart; the language mix of the training batches; paired tests
 over queries; and a computed statement of whether the first arm of each contrast beat the
 second, by how much, against the seed-to-seed noise.
 
+A sweep's optional keys (hbt.experiments.sweep) add to this: with 'x_axis' (e.g. 'train.alpha')
+the arms are labelled by its value and the final figures are plotted and tabled against it; with
+'threshold' each arm's steps to reach a share of the best validation gain (THRESHOLD_RULE); with
+'low_resource' those languages are marked † in the per-language tables, and the final MRR per
+language and the low-resource mean MRR are given.
+
 The paired tests are described in PAIRED_TESTS.
 """
 
@@ -33,6 +39,7 @@ ALPHA = 0.05  # Significance level of the computed statements.
 BENCHMARKS = {'xquad_r': 'XQuAD-R', 'mlqa_r': 'MLQA-R'}
 ARM_LABELS = {'x_x_mono': 'X-X-mono', 'x_y': 'X-Y', 'x_x': 'X-X', 'en_en': 'En-En',
               'hybrid': 'hybrid', ZERO_SHOT: 'zero-shot'}
+X_LABELS = {'train.alpha': 'α'}  # Short names of x_axis keys in labels and plots.
 PAIRED_TESTS = (
     "For each arm, a query's AP is averaged over the arm's seeds. The unit is the question (a "
     'parallel id): its AP averaged over the languages it is asked in (and, for cross, over the '
@@ -75,6 +82,13 @@ class Runs:
     self.arms = order({a for _, a in self.by if a != ZERO_SHOT}, list(spec.get('arms', {})))
     self.contrasts = [tuple(c) for c in spec.get('contrasts', ())
                       if all(a in self.arms for a in c)]
+    self.x_axis = spec.get('x_axis')  # the override the arms vary (None: not a sweep over one)
+    self.low_resource = tuple(spec.get('low_resource', ()))
+
+  def x(self, arm) -> float:
+    """The arm's value of the sweep's x_axis override (what its runs were given)."""
+    return next(s['overrides'][self.x_axis] for (_, a), v in self.by.items() if a == arm
+                for s in v)
 
   def get(self, direction, arm) -> list[dict]:
     return self.by.get((direction, arm), [])
@@ -104,8 +118,14 @@ def bench_name(name: str) -> str:
   return BENCHMARKS.get(name, name)
 
 
+def x_label(x_axis: str) -> str:
+  return X_LABELS.get(x_axis, x_axis)
+
+
 def arm_label(spec: dict, arm: str) -> str:
   overrides = spec.get('arms', {}).get(arm, {})
+  if spec.get('x_axis') in overrides:
+    return f'{x_label(spec["x_axis"])}={overrides[spec["x_axis"]]}'
   label = ARM_LABELS.get(arm, arm)
   if arm == 'hybrid' and 'train.alpha' in overrides:
     label += f' (α={overrides["train.alpha"]})'
@@ -209,16 +229,45 @@ def table_groups(runs: Runs) -> str:
   return '\n\n'.join(parts) if parts else 'Every evaluation language was seen in training.'
 
 
-def table_languages(runs: Runs, direction: str, setting: str) -> str:
-  """mAP per language (mean over seeds), the unseen languages last and marked *."""
+def table_languages(runs: Runs, direction: str, setting: str, metric: str = 'ap') -> str:
+  """A metric per language (mean over seeds), the unseen languages last and marked *, the
+  low-resource ones marked †."""
   seen, unseen = runs.langs(direction)
-  head = ['strategy'] + seen + [f'{l}*' for l in unseen]
+  mark = lambda l: l + ('*' if l in unseen else '') + ('†' if l in runs.low_resource else '')
+  head = ['strategy'] + [mark(l) for l in seen + unseen]
   rows = []
   for arm in runs.rows(direction):
     group = runs.get(direction, arm)
     rows.append([arm_label(runs.spec, arm)] + [
-        fmt(mean_std([per_language(s, setting, l) for s in group])[0]) for l in seen + unseen])
+        fmt(mean_std([per_language(s, setting, l, metric) for s in group])[0])
+        for l in seen + unseen])
   return _table(head, rows)
+
+
+def low_resource_mrr(run: dict, setting: str, langs) -> float:
+  """A run's MRR in one setting, averaged over the given languages (per_language's figures)."""
+  values = [per_language(run, setting, l, 'mrr') for l in langs]
+  return float(np.mean(values)) if values else float('nan')
+
+
+def table_final_mrr(runs: Runs) -> str:
+  """MRR over all languages and over the low-resource ones, per arm: mean ± std over seeds."""
+  parts = []
+  for d in runs.directions:
+    low = [l for l in runs.low_resource if l in runs.get_any(d)['langs']]
+    head = (['strategy'] + [f'MRR {s}' for s in SETTINGS]
+            + [f'low-resource MRR {s}' for s in SETTINGS] + ['seeds'])
+    rows = []
+    for arm in runs.rows(d):
+      group = runs.get(d, arm)
+      rows.append([arm_label(runs.spec, arm)]
+                  + [fmt(*mean_std(setting_values(group, s, 'mrr'))[:2]) for s in SETTINGS]
+                  + [fmt(*mean_std([low_resource_mrr(r, s, low) for r in group])[:2])
+                     for s in SETTINGS]
+                  + ['–' if arm == ZERO_SHOT else str(len(group))])
+    parts.append(f'**{runs.label(d)}**: low-resource languages {", ".join(low) or "none"}\n\n'
+                 + _table(head, rows))
+  return '\n\n'.join(parts)
 
 
 # ----------------------------------------------------------------------------- language mix
@@ -405,9 +454,21 @@ def _save(fig, path: pathlib.Path) -> None:
   io.write_atomic(path, png.getvalue())
 
 
+def arm_colors(runs: Runs) -> dict:
+  """{arm: colour}: a viridis scale of the x_axis values; None (matplotlib's cycle) without one."""
+  if not runs.x_axis:
+    return {}
+  plt = _pyplot()
+  xs = {arm: runs.x(arm) for arm in runs.arms}
+  low, high = min(xs.values()), max(xs.values())
+  return {arm: plt.cm.viridis((x - low) / (high - low) if high > low else 0.5)
+          for arm, x in xs.items()}
+
+
 def plot_map(runs: Runs, path: pathlib.Path) -> None:
   """Grouped bars: mono / cross / multi mAP per arm, error bars = std over seeds."""
   plt = _pyplot()
+  colors = arm_colors(runs)
   fig, axes = plt.subplots(1, len(runs.directions), figsize=(6 * len(runs.directions), 3.6),
                            dpi=110, squeeze=False)
   for ax, d in zip(axes[0], runs.directions):
@@ -417,7 +478,7 @@ def plot_map(runs: Runs, path: pathlib.Path) -> None:
       stats_ = [mean_std(setting_values(runs.get(d, arm), s, 'ap')) for s in SETTINGS]
       ax.bar(np.arange(3) + (i - (len(arms) - 1) / 2) * width, [m for m, _, _ in stats_], width,
              yerr=[0 if not np.isfinite(e) else e for _, e, _ in stats_], capsize=2,
-             label=arm_label(runs.spec, arm))
+             label=arm_label(runs.spec, arm), color=colors.get(arm))
     ax.set_xticks(range(3), SETTINGS)
     ax.set_ylim(0, 1)
     ax.set_ylabel('mAP')
@@ -427,6 +488,21 @@ def plot_map(runs: Runs, path: pathlib.Path) -> None:
 
 
 CURVES = (('val/loss', 'validation loss'), ('val_map/multi/ap', 'validation multi mAP'))
+# The curves of a sweep with an x_axis, and those of its steps-to-threshold table. With one
+# relevant candidate per query and language, mono and cross MRR equal mono and cross AP: only the
+# multilingual pool (one relevant per language) tells MRR from AP.
+THRESHOLD_CURVES = (('val_map/mono/ap', 'validation mono mAP'),
+                    ('val_map/cross/ap', 'validation cross mAP'),
+                    ('val_map/multi/ap', 'validation multi mAP'),
+                    ('val_map/multi/mrr', 'validation multi MRR'))
+X_CURVES = THRESHOLD_CURVES + (('val/loss', 'validation loss'),)
+THRESHOLD_RULE = (
+    'For each validation curve (mean over seeds): start = its value at step 0 (the pretrained '
+    'model), averaged over every trained run; best = the highest last-step value of any arm; '
+    'threshold = start + {fraction} x (best - start). An arm\'s steps to threshold are the first '
+    'evaluated step at which its mean curve reaches the threshold; in brackets, each seed\'s own '
+    'curve against the same threshold (seeds in order). "not reached" / "n.r.": not within the '
+    'budget; "–": no arm gained over step 0.')
 
 
 def curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -440,28 +516,115 @@ def curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
   return steps, [float(np.mean(values[t])) for t in steps]
 
 
-def plot_curves(runs: Runs, path: pathlib.Path) -> bool:
+def first_step(steps, values, threshold: float) -> int | None:
+  """The first step whose value reaches the threshold; None if none does."""
+  return next((t for t, v in zip(steps, values) if v >= threshold), None)
+
+
+def threshold_of(runs: Runs, direction: str, key: str, fraction: float) -> dict | None:
+  """{'start', 'best', 'best_arm', 'threshold' (None if no arm gained)} of one validation curve
+  (THRESHOLD_RULE); None if the runs have no such curve from step 0."""
+  steps, values = curve([s for a in runs.arms for s in runs.get(direction, a)], key)
+  curves = {a: curve(runs.get(direction, a), key)[1] for a in runs.arms}
+  finals = {a: c[-1] for a, c in curves.items() if c}
+  if not steps or steps[0] != 0:
+    return None
+  best_arm = max(finals, key=finals.get)
+  start, best = values[0], finals[best_arm]
+  return {'start': start, 'best': best, 'best_arm': best_arm,
+          'threshold': start + fraction * (best - start) if best > start else None}
+
+
+def steps_to_threshold(runs: list[dict], key: str, threshold: float):
+  """(first step of the mean curve over the runs, [first step of each run's curve])."""
+  return (first_step(*curve(runs, key), threshold),
+          [first_step(*curve([s], key), threshold) for s in runs])
+
+
+def table_threshold(runs: Runs, fraction: float) -> str:
+  """Steps to threshold per arm and validation curve (THRESHOLD_RULE), per dataset."""
+  parts = []
+  for d in runs.directions:
+    found = {k: threshold_of(runs, d, k, fraction) for k, _ in THRESHOLD_CURVES}
+    found = {k: v for k, v in found.items() if v is not None}
+    if not found:
+      continue
+    lines = [f'- {k}: start {fmt(v["start"])}, best {fmt(v["best"])} '
+             f'({arm_label(runs.spec, v["best_arm"])}), threshold '
+             + ('– (no arm gained over step 0)' if v['threshold'] is None
+                else fmt(v['threshold'], digits=4)) for k, v in found.items()]
+    rows = []
+    for arm in runs.arms:
+      row = [arm_label(runs.spec, arm)]
+      for k, v in found.items():
+        if v['threshold'] is None:
+          row.append('–')
+          continue
+        mean, seeds = steps_to_threshold(runs.get(d, arm), k, v['threshold'])
+        row.append(('not reached' if mean is None else str(mean)) + ' ('
+                   + ', '.join('n.r.' if t is None else str(t) for t in seeds) + ')')
+      rows.append(row)
+    parts.append(f'**{runs.label(d)}**\n\n' + '\n'.join(lines) + '\n\n'
+                 + _table(['strategy'] + list(found), rows))
+  if not parts:
+    return 'No validation curves from step 0 in the summaries.'
+  return THRESHOLD_RULE.format(fraction=fraction) + '\n\n' + '\n\n'.join(parts)
+
+
+def plot_curves(runs: Runs, path: pathlib.Path, keys=CURVES) -> bool:
   """Validation figures over the training steps, per arm (mean over seeds); False if none."""
   if not any(curve(runs.get(d, a), k)[0] for d in runs.directions for a in runs.arms
-             for k, _ in CURVES):
+             for k, _ in keys):
     return False
   plt = _pyplot()
-  fig, axes = plt.subplots(len(CURVES), len(runs.directions), squeeze=False, dpi=110,
-                           figsize=(6 * len(runs.directions), 3.2 * len(CURVES)))
+  colors = arm_colors(runs)
+  fig, axes = plt.subplots(len(keys), len(runs.directions), squeeze=False, dpi=110,
+                           figsize=(6 * len(runs.directions), 3.2 * len(keys)))
   for col, d in enumerate(runs.directions):
-    for row, (key, label) in enumerate(CURVES):
+    for row, (key, label) in enumerate(keys):
       ax = axes[row][col]
       for arm in runs.arms:
         steps, values = curve(runs.get(d, arm), key)
         if steps:
-          ax.plot(steps, values, marker='o', markersize=3, label=arm_label(runs.spec, arm))
+          ax.plot(steps, values, marker='o', markersize=3, label=arm_label(runs.spec, arm),
+                  color=colors.get(arm))
       ax.set_xlabel('step')
       ax.set_ylabel(label)
-      ax.set_title(runs.label(d), fontsize=9)
-      if ax.lines:
-        ax.legend(fontsize=7)
+      train = bench_name(runs.get_any(d)['train_data'])
+      ax.set_title(f'{runs.label(d)}; validation: held-out {train} ids', fontsize=9)
+      if ax.lines and (row == 0 or not colors):  # many arms on one scale: one legend
+        ax.legend(fontsize=7, ncol=2 if colors else 1)
   _save(fig, path)
   return True
+
+
+def plot_final(runs: Runs, path: pathlib.Path) -> None:
+  """Per dataset, against the x_axis: mono / cross / multi mAP, and the low-resource languages'
+  MRR; mean ± std over seeds, the zero-shot figure dashed."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(runs.directions), 2, squeeze=False, dpi=110,
+                           figsize=(11, 3.6 * len(runs.directions)))
+  arms = sorted(runs.arms, key=runs.x)
+  xs = [runs.x(a) for a in arms]
+  for (left, right), d in zip(axes, runs.directions):
+    low = [l for l in runs.low_resource if l in runs.get_any(d)['langs']]
+    panels = ((left, 'mAP (all languages)', lambda group, s: setting_values(group, s, 'ap')),
+              (right, f'MRR of the low-resource languages ({", ".join(low) or "none"})',
+               lambda group, s: [low_resource_mrr(r, s, low) for r in group]))
+    for ax, ylabel, values in panels:
+      for i, s in enumerate(SETTINGS):
+        figures = [mean_std(values(runs.get(d, a), s)) for a in arms]
+        ax.errorbar(xs, [m for m, _, _ in figures], capsize=2, marker='o', markersize=3,
+                    yerr=[0 if not np.isfinite(e) else e for _, e, _ in figures], label=s,
+                    color=f'C{i}')
+        zero = mean_std(values(runs.get(d, ZERO_SHOT), s))[0]
+        if np.isfinite(zero):
+          ax.axhline(zero, color=f'C{i}', linestyle='--', linewidth=0.8)
+      ax.set_xlabel(f'{x_label(runs.x_axis)} ({runs.x_axis})')
+      ax.set_ylabel(ylabel, fontsize=8)
+      ax.set_title(f'{runs.label(d)}; dashed: zero-shot', fontsize=9)
+      ax.legend(fontsize=7)
+  _save(fig, path)
 
 
 def plot_language_mix(runs: Runs, path: pathlib.Path) -> bool:
@@ -532,7 +695,8 @@ def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str)
   """The Markdown section; writes the PNGs into `figures` (linked as rel/<name>)."""
   plot_map(runs, figures / f'{runs.name}_map.png')
   has_mix = plot_language_mix(runs, figures / f'{runs.name}_langmix.png')
-  has_curves = plot_curves(runs, figures / f'{runs.name}_curves.png')
+  has_curves = plot_curves(runs, figures / f'{runs.name}_curves.png',
+                           X_CURVES if runs.x_axis else CURVES)
   sections = [
       f'## Sweep `{runs.name}`', _header(runs, runs_dir, out),
       '### Headline (computed)', headline(runs),
@@ -541,18 +705,40 @@ def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str)
       f'![mAP per strategy]({rel}/{runs.name}_map.png)',
       '### Recall and language bias', table_recall(runs),
       '### Languages seen and unseen in training', table_groups(runs),
-      '### Per language (mAP, mean over seeds; * = unseen in training)',
+      '### Per language (mAP, mean over seeds; * = unseen in training'
+      + ('; † = low-resource)' if runs.low_resource else ')'),
   ]
+  what = {'mono': 'X-X', 'cross': 'X-Y averaged over Y != X', 'multi': 'X in the pool'}
   for d in runs.directions:
     for s in SETTINGS:
-      what = {'mono': 'X-X', 'cross': 'X-Y averaged over Y != X', 'multi': 'X in the pool'}[s]
-      sections += [f'**{runs.label(d)}, {s}** ({what})', table_languages(runs, d, s)]
+      sections += [f'**{runs.label(d)}, {s}** ({what[s]})', table_languages(runs, d, s)]
+  if runs.x_axis:
+    plot_final(runs, figures / f'{runs.name}_final.png')
+    sections += [f'### Final figures against {x_label(runs.x_axis)} ({runs.x_axis})',
+                 'Left: mono, cross and multi mAP over all languages (the Table 1 figures); '
+                 'right: the mean MRR of the low-resource languages (the table below); mean ± '
+                 'std over seeds, the zero-shot figures dashed.',
+                 f'![final figures against {runs.x_axis}]({rel}/{runs.name}_final.png)']
+  if runs.low_resource:
+    sections += [
+        '### Final MRR, all and low-resource languages (mean ± std over seeds)',
+        'MRR is 1 / the best rank of a relevant candidate. Mono and cross have one relevant '
+        'candidate per query and target language, so their MRR equals their AP; multi has one '
+        'per language of the pool. A low-resource figure is the mean over those languages as '
+        'query languages (cross: each against every other language).', table_final_mrr(runs),
+        '### MRR per language (mean over seeds; * = unseen in training; † = low-resource)']
+    for d in runs.directions:
+      for s in SETTINGS:
+        sections += [f'**{runs.label(d)}, {s} MRR** ({what[s]})',
+                     table_languages(runs, d, s, 'mrr')]
   sections += ['### Language mix of the training batches', table_language_mix(runs)]
   if has_mix:
     sections.append(f'![query languages of the training pairs]({rel}/{runs.name}_langmix.png)')
   if has_curves:
     sections += ['### Convergence (validation evaluators, mean over seeds)',
                  f'![validation curves]({rel}/{runs.name}_curves.png)']
+    if runs.spec.get('threshold'):
+      sections += ['#### Steps to threshold', table_threshold(runs, runs.spec['threshold'])]
   sections += ['### Paired tests over questions', PAIRED_TESTS, table_tests(runs)]
   return '\n\n'.join(sections) + '\n'
 

@@ -11,6 +11,13 @@ A sweep file (configs/sweeps/*.py) defines `get_sweep()`, a dict of override lis
   arms        {name: overrides}: what is compared (strategies, alphas, extra losses...);
   seeds       the values of config.seed; every arm runs once per seed and direction;
   contrasts   (arm, arm) pairs that the report tests against each other (optional).
+Optional keys for the report (hbt.experiments.report), e.g. in configs/sweeps/alpha.py:
+  x_axis        an override key that every arm sets to a number, e.g. 'train.alpha': the report
+                labels the arms by it and plots the final figures against it;
+  threshold     a fraction f in (0, 1]: the report gives each arm's steps to reach
+                start + f x (best - start) of the validation curves (report.THRESHOLD_CURVES);
+  low_resource  languages that the report marks in its per-language tables, and whose mean MRR
+                it gives (e.g. ('hi', 'th', 'vi', 'el', 'tr')).
 
 Runs are the product directions x arms x seeds, ordered seed-major (all arms of seed 0, then of
 seed 1...), so that a sweep cut short still compares every arm. Before them, each direction's
@@ -103,11 +110,31 @@ def validate(spec: dict) -> None:
   for a, b in spec.get('contrasts', ()):
     if a not in spec['arms'] or b not in spec['arms']:
       raise SweepError(f'contrast ({a}, {b}) names an arm the sweep does not have')
+  _validate_report_keys(spec)
   for run in runs(spec):
     try:
       config_lib.validate(run_config(run))
     except config_lib.ConfigError as e:
       raise SweepError(f'run {run["name"]}: {e}') from e
+
+
+def _validate_report_keys(spec: dict) -> None:
+  """The optional report keys: x_axis, threshold, low_resource (see the module docstring)."""
+  x_axis = spec.get('x_axis')
+  if x_axis is not None:
+    for arm, overrides in spec['arms'].items():
+      value = overrides.get(x_axis) if isinstance(x_axis, str) else None
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SweepError(f'sweep x_axis {x_axis!r}: arm {arm!r} must set it to a number, got '
+                         f'{value!r}')
+  threshold = spec.get('threshold')
+  if threshold is not None and (isinstance(threshold, bool)
+                                or not isinstance(threshold, (int, float))
+                                or not 0 < threshold <= 1):
+    raise SweepError(f'sweep threshold must be a fraction in (0, 1], got {threshold!r}')
+  low = spec.get('low_resource', ())
+  if isinstance(low, str) or not all(isinstance(l, str) and l for l in low):
+    raise SweepError(f'sweep low_resource must be a tuple of language codes, got {low!r}')
 
 
 def load_sweep(path: str) -> dict:
