@@ -96,10 +96,13 @@ def get_config(arg=None):
   # pairs under 'uniform' lang_sampling, so strategies see one language mix); 'id_first' draws ids,
   # then languages among each id's (the mix follows id coverage: on MLQA-R most pairs hold English).
   config.train.pair_sampling = 'pair_first'
-  # Language clusters of cross-lingual batches (pair_first): '' off, 'family', 'script', or
-  # 'name:lang,lang;name:lang' (hbt.batches.clusters; from_embeddings computes one from a model).
+  # Language clusters of cross-lingual batches (pair_first): '' off, 'family', 'script',
+  # 'name:lang,lang;name:lang', or 'model' (computed at start from the base model's embeddings of
+  # parallel training sentences; logged and written to workdir/clusters.json; hbt.batches.clusters).
   config.train.lang_clusters = ''
   config.train.cluster_p_in = 0.8  # With lang_clusters: probability of a within-cluster pair.
+  config.train.cluster_count = 3  # With lang_clusters='model': clusters cut from the tree.
+  config.train.cluster_sentences = 200  # With 'model': parallel sentences per language pair.
   # Global batch: pairs per step, all in-batch negatives (paper: 100). Must split evenly over
   # the mesh's 'data' axis.
   config.train.batch_size = 32

@@ -126,14 +126,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, 'train.lang_sampling', sampler.LANG_SAMPLINGS)
   _choice(config, 'train.pair_sampling', sampler.PAIR_SAMPLINGS)
   _number(config, 'train.lang_temperature', 0.0)
-  if t.lang_clusters != '':
+  if t.lang_clusters not in ('', clusters.MODEL):
     try:
       clusters.parse(t.lang_clusters, 'config.train.lang_clusters')
     except ValueError as e:
-      raise ConfigError(str(e)) from None
+      raise ConfigError(f'{e} (or {clusters.MODEL!r}: from the base model)') from None
+  if t.lang_clusters != '':
     _check(t.pair_sampling == 'pair_first', 'train.pair_sampling',
            "must be 'pair_first' when config.train.lang_clusters is set", t.pair_sampling)
   _number(config, 'train.cluster_p_in', 0.0, 1.0)
+  _number(config, 'train.cluster_count', 1, integer=True)
+  _number(config, 'train.cluster_sentences', 1, integer=True)
   _number(config, 'train.batch_size', 2, integer=True)
   _number(config, 'train.steps', 0, integer=True)
   _number(config, 'train.learning_rate', 0.0, 1.0, low_open=True)

@@ -152,10 +152,89 @@ def test_the_clusters_sweep_is_valid_and_fair():
   from hbt.experiments import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
   spec = sweep_lib.load_sweep('configs/sweeps/clusters.py')
   trained = [r for r in sweep_lib.runs(spec) if r['arm'] != sweep_lib.ZERO_SHOT]
-  assert len(trained) == 3 * 3
+  assert len(trained) == 4 * 3
   assert {(r['overrides']['train.steps'], r['overrides']['train.batch_size'],
            r['overrides']['train.strategy'], r['overrides']['train.alpha']) for r in trained} == {
                (100, 32, 'hybrid', 0.5)}
   assert {r['overrides'].get('train.lang_clusters', '') for r in trained} == {
-      '', 'family', 'script'}
+      '', 'family', 'script', 'model'}
   assert {r['seed'] for r in trained} == {0, 1, 2}
+
+
+def test_pairwise_similarity_equals_mean_embeddings_when_every_id_is_parallel():
+  """On ids that every language has (XQuAD-R), the pairwise clustering is `from_embeddings`."""
+  rng = np.random.default_rng(4)
+  pairs = _pairs({lang: list(range(12)) for lang in LANGS})
+  ids = pairs.all_ids()
+  base = rng.normal(size=(len(LANGS), 8))
+  vectors = {(lang, i): base[k // 2] + 0.5 * rng.normal(size=8)  # 3 groups of 2 languages
+             for k, lang in enumerate(LANGS) for i in ids}
+  shared = clusters_lib.shared_ids(pairs, 10)
+  assert shared[('ar', 'de')] == ids[:10] and len(shared) == 15
+  langs, sim = clusters_lib.similarity(vectors, shared)
+  means = {lang: np.mean([vectors[(lang, i)] for i in shared[('ar', 'de')]], axis=0)
+           for lang in LANGS}
+  want = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in means.values()]
+                   for a in means.values()])
+  np.testing.assert_allclose(sim, want, atol=1e-12)
+  embeddings = {lang: np.stack([vectors[(lang, i)] for i in shared[('ar', 'de')]])
+                for lang in LANGS}
+  for k in (1, 2, 3, 6):
+    assert clusters_lib.from_similarity(langs, sim, k) == clusters_lib.from_embeddings(
+        embeddings, k)
+  with pytest.raises(ValueError, match='share no parallel id'):
+    clusters_lib.similarity(vectors, {('ar', 'de'): ()})
+
+
+def test_model_clusters_in_the_main_job(tiny_checkpoint, data_dir, tmp_path):
+  """lang_clusters='model': the main job computes the clusters from the base model (checked
+  against the same model applied one sentence at a time, averaged with NumPy), writes
+  clusters.json, and its batches follow them: with cluster_p_in=1 every cross-lingual pair is
+  within a cluster."""
+  import json  # pylint: disable=import-outside-toplevel
+  from hbt.batches import input_pipeline  # pylint: disable=import-outside-toplevel
+  from hbt.model import build  # pylint: disable=import-outside-toplevel
+  from hbt.train import loop  # pylint: disable=import-outside-toplevel
+  from tests import test_train  # pylint: disable=import-outside-toplevel
+  config = test_train.tiny_config(tiny_checkpoint, data_dir, 30, **{
+      'mode': 'prepare', 'train.strategy': 'x_y', 'train.lang_clusters': 'model',
+      'train.cluster_count': 2, 'train.cluster_sentences': 6, 'train.cluster_p_in': 1.0})
+  loop.run(config, tmp_path)
+  saved = json.loads((tmp_path / loop.CLUSTERS_FILE).read_text())
+  assert saved['source'] == 'model' and saved['langs'] == ['de', 'en', 'es']
+
+  model = build.load(config.model)
+  train_pairs, _ = loop.training_pairs(config)
+
+  def mean(lang, ids):
+    embs = []
+    for i in ids:
+      ids_ = model.tokenizer.encode([train_pairs.positive(lang, i)], 'passage')[0]
+      embs.append(np.asarray(model.module.apply({'params': model.params}, ids_[None],
+                                                np.ones_like(ids_)[None]))[0])
+    m = np.mean(embs, axis=0)
+    return m / np.linalg.norm(m)
+
+  langs = saved['langs']
+  want = np.eye(3)
+  for a in range(3):
+    for b in range(a + 1, 3):
+      common = sorted(set(train_pairs.ids[langs[a]]) & set(train_pairs.ids[langs[b]]))[:6]
+      assert saved['shared_ids'][f'{langs[a]}-{langs[b]}'] == len(common) == 6
+      want[a, b] = want[b, a] = mean(langs[a], common) @ mean(langs[b], common)
+  np.testing.assert_allclose(saved['similarity'], want, atol=1e-5)
+  # Three languages in two clusters: the most similar pair is the one cluster of two.
+  a, b = divmod(int(np.argmax(np.where(np.eye(3, dtype=bool), -np.inf, want))), 3)
+  clusters = saved['clusters']
+  assert clusters[langs[a]] == clusters[langs[b]] and len(set(clusters.values())) == 2
+
+  (shard_dir,) = [p.parent for p in (tmp_path / 'shards').glob(f'*/{input_pipeline.MANIFEST}')]
+  manifest = input_pipeline.read_manifest(shard_dir)
+  assert manifest['fields']['lang_clusters'] == saved['spec']
+  drawn = {tuple(k.split('-')) for k in manifest['describe']['lang_pairs']}
+  assert drawn == {(langs[a], langs[b]), (langs[b], langs[a])}  # within the cluster only
+  # Computed once per run: a restart reads clusters.json back (no mesh needed) when its inputs
+  # are the run's.
+  other = {lang: 'c0' for lang in langs}
+  (tmp_path / loop.CLUSTERS_FILE).write_text(json.dumps({**saved, 'clusters': other}))
+  assert loop.lang_clusters(config, model, None, train_pairs, tmp_path) == other

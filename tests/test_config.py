@@ -43,6 +43,8 @@ def test_shipped_configs_validate(name):
     ('train.lang_clusters', 'latin:en,de;other:de', 'config.train.lang_clusters'),
     ('train.lang_clusters', 'latin:en,,de', 'config.train.lang_clusters'),
     ('train.cluster_p_in', 1.5, 'config.train.cluster_p_in'),
+    ('train.cluster_count', 0, 'config.train.cluster_count'),
+    ('train.cluster_sentences', 0, 'config.train.cluster_sentences'),
     ('train.batch_size', 1, 'config.train.batch_size'),
     ('train.learning_rate', 0.0, 'config.train.learning_rate'),
     ('train.loss_temperature', 0.0, 'config.train.loss_temperature'),
@@ -65,8 +67,9 @@ def test_bad_value_names_field(field, value, named):
 
 def test_lang_clusters_need_pair_first():
   config = load('default')
-  config.train.lang_clusters = 'script'
-  config_lib.validate(config)
+  for spec in ('script', 'model'):
+    config.train.lang_clusters = spec
+    config_lib.validate(config)
   config.train.pair_sampling = 'id_first'
   with pytest.raises(ValueError, match=r'config\.train\.pair_sampling'):
     config_lib.validate(config)

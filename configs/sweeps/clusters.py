@@ -8,10 +8,12 @@ in training; 3 seeds:
                   12 of the 42 ordered pairs; ar, vi and zh are each alone, so only across)
   hybrid_script   80 % of cross pairs within a script (on MLQA-R: de en es vi are latin, 12 of the
                   42 ordered pairs; the other languages each alone)
+  hybrid_model    80 % of cross pairs within one of 3 clusters computed at start from the base
+                  model (mean embeddings of parallel training sentences, agglomerative; the run's
+                  clusters.json, kept in its summary)
 
-The clusters are hbt.batches.clusters.FAMILY and SCRIPT; cluster_p_in 0.8 is a first guess, not
-tuned. A model-derived clustering (clusters.from_embeddings, then format_spec) is run the same way
-with 'train.lang_clusters': '<spec string>'.
+The clusters are hbt.batches.clusters.FAMILY and SCRIPT and the model's; cluster_p_in 0.8 is a
+first guess, not tuned.
 
   python -m hbt.experiments.sweep --sweep=configs/sweeps/clusters.py --workdir=runs/clusters
   python -m hbt.experiments.report --runs=docs/results/runs/clusters --out=docs/results.md
@@ -27,7 +29,9 @@ def get_sweep():
   hybrid = base['arms']['hybrid']
   arms = {'hybrid': hybrid,
           'hybrid_family': {**hybrid, 'train.lang_clusters': 'family', 'train.cluster_p_in': P_IN},
-          'hybrid_script': {**hybrid, 'train.lang_clusters': 'script', 'train.cluster_p_in': P_IN}}
+          'hybrid_script': {**hybrid, 'train.lang_clusters': 'script', 'train.cluster_p_in': P_IN},
+          'hybrid_model': {**hybrid, 'train.lang_clusters': 'model', 'train.cluster_count': 3,
+                           'train.cluster_p_in': P_IN}}
   return {
       'name': 'clusters',
       'config': base['config'],
@@ -36,5 +40,5 @@ def get_sweep():
       'arms': arms,
       'seeds': base['seeds'],
       'contrasts': (('hybrid_family', 'hybrid'), ('hybrid_script', 'hybrid'),
-                    ('hybrid_script', 'hybrid_family')),
+                    ('hybrid_model', 'hybrid'), ('hybrid_script', 'hybrid_family')),
   }

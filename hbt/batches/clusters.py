@@ -3,12 +3,13 @@
 A clustering is a dict {language: cluster name}. It comes from config.train.lang_clusters:
   * 'family' or 'script': the built-in tables below (the XQuAD-R / MLQA-R languages);
   * an explicit spec 'name:lang,lang;name:lang;...', e.g. 'latin:en,de,es;cyrillic:ru';
-  * or computed from a model: `from_embeddings` groups languages by the cosine similarity of their
-    mean embeddings over parallel sentences (agglomerative clustering). It is not wired into the
-    main job: encode N parallel sentences per language with the base model (e.g. the training
-    pairs' positives of ids that every language has), call
-    `format_spec(from_embeddings({lang: embeddings}, num_clusters=k))`, and put the string in
-    config.train.lang_clusters.
+  * or 'model': computed once at the start of the main job from the base model (hbt.train.loop
+    `lang_clusters`): the training positives of `shared_ids` (parallel sentences) are encoded,
+    each pair of languages is scored by the cosine similarity of its two mean embeddings over the
+    ids both have (`similarity`), and `from_similarity` cuts the agglomerative tree into
+    config.train.cluster_count clusters. The run logs it and writes it to workdir/clusters.json.
+    (Pairwise, because MLQA-R has no id in all 7 languages; on XQuAD-R, where every id is in every
+    language, it equals `from_embeddings` over the same sentences.)
 The sampler (hbt.batches.sampler, argument lang_clusters) draws a cross-lingual pair within a
 cluster with probability cluster_p_in, otherwise across clusters.
 """
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from scipy.cluster import hierarchy
+from scipy.spatial import distance
 
 # Top-level language families of the XQuAD-R / MLQA-R languages.
 FAMILY = {'indo-european': ('de', 'el', 'en', 'es', 'hi', 'ro', 'ru'), 'afro-asiatic': ('ar',),
@@ -26,6 +28,7 @@ FAMILY = {'indo-european': ('de', 'el', 'en', 'es', 'hi', 'ro', 'ru'), 'afro-asi
 SCRIPT = {'latin': ('de', 'en', 'es', 'ro', 'tr', 'vi'), 'cyrillic': ('ru',), 'greek': ('el',),
           'arabic': ('ar',), 'devanagari': ('hi',), 'thai': ('th',), 'han': ('zh',)}
 TABLES = {'family': FAMILY, 'script': SCRIPT}
+MODEL = 'model'  # config.train.lang_clusters: computed from the base model (module docstring)
 
 
 def _mapping(groups: Mapping[str, tuple[str, ...]], where: str) -> dict[str, str]:
@@ -82,19 +85,71 @@ def from_embeddings(embeddings: Mapping[str, np.ndarray], num_clusters: int,
     {lang: 'c0' | 'c1' | ...}, clusters numbered by their first language in sorted order.
   """
   langs = sorted(embeddings)
-  if not 1 <= num_clusters <= len(langs):
-    raise ValueError(f'num_clusters must be in [1, {len(langs)}], got {num_clusters!r}')
   shapes = {lang: np.shape(embeddings[lang]) for lang in langs}
   if len(set(shapes.values())) != 1 or len(shapes[langs[0]]) != 2:
     raise ValueError(f'embeddings must be [N, D] arrays of one shape (parallel sentences), '
                      f'got shapes {shapes}')
   means = np.stack([np.asarray(embeddings[lang], np.float64).mean(axis=0) for lang in langs])
   means /= np.linalg.norm(means, axis=1, keepdims=True)
+  return from_similarity(langs, means @ means.T, num_clusters, method)
+
+
+def from_similarity(langs, similarity: np.ndarray, num_clusters: int,
+                    method: str = 'average') -> dict[str, str]:
+  """Clusters languages by a symmetric similarity matrix (1 on the diagonal; distance 1 - s).
+
+  Args:
+    langs: the languages of similarity's rows and columns, sorted.
+    similarity: [L, L] e.g. cosine similarities of mean embeddings.
+    num_clusters: how many clusters to cut the agglomerative tree into (1 .. L).
+    method: the scipy.cluster.hierarchy linkage ('average', 'complete', 'single').
+
+  Returns:
+    {lang: 'c0' | 'c1' | ...}, clusters numbered by their first language in sorted order.
+  """
+  langs = list(langs)
+  if not 1 <= num_clusters <= len(langs):
+    raise ValueError(f'num_clusters must be in [1, {len(langs)}], got {num_clusters!r}')
   if len(langs) == 1:
     return {langs[0]: 'c0'}
-  tree = hierarchy.linkage(means, method=method, metric='cosine')
+  dist = np.clip(1.0 - np.asarray(similarity, np.float64), 0.0, None)
+  dist = (dist + dist.T) / 2
+  np.fill_diagonal(dist, 0.0)
+  tree = hierarchy.linkage(distance.squareform(dist), method=method)
   labels = hierarchy.fcluster(tree, t=num_clusters, criterion='maxclust')
   names = {}
   for label in labels:  # langs are sorted: number clusters by first appearance
     names.setdefault(label, f'c{len(names)}')
   return {lang: names[label] for lang, label in zip(langs, labels)}
+
+
+def shared_ids(pairs, count: int) -> dict[tuple[str, str], tuple[str, ...]]:
+  """{(a, b): the first `count` ids (sorted) that languages a < b both have} of a PairSet."""
+  ids = {lang: set(pairs.ids[lang]) for lang in pairs.langs}
+  langs = sorted(pairs.langs)
+  return {(a, b): tuple(sorted(ids[a] & ids[b]))[:count]
+          for i, a in enumerate(langs) for b in langs[i + 1:]}
+
+
+def similarity(embeddings: Mapping[tuple[str, str], np.ndarray],
+               shared: Mapping[tuple[str, str], tuple[str, ...]]) -> tuple[list[str], np.ndarray]:
+  """(sorted langs, [L, L] similarity): for each pair (a, b) of `shared`, the cosine of the mean
+  embeddings of a's and b's sentences of the ids they share.
+
+  Args:
+    embeddings: {(lang, id): [D] embedding} of every sentence `shared` names.
+    shared: `shared_ids`.
+
+  Raises:
+    ValueError: a pair of languages that share no id.
+  """
+  langs = sorted({lang for pair in shared for lang in pair})
+  out = np.eye(len(langs))
+  for (a, b), ids in shared.items():
+    if not ids:
+      raise ValueError(f'languages {a} and {b} share no parallel id, so their similarity is '
+                       'unknown: set config.train.lang_clusters from a table or a spec')
+    means = [np.mean([embeddings[(lang, i)] for i in ids], axis=0) for lang in (a, b)]
+    means = [m / np.linalg.norm(m) for m in means]
+    out[langs.index(a), langs.index(b)] = out[langs.index(b), langs.index(a)] = means[0] @ means[1]
+  return langs, out

@@ -42,7 +42,8 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
      evaluation wrote it, 'describe': the shard manifest's batch counts per kind, language and
      language pair and 'false_negatives': the in-batch candidates the loss masked (both None for
      an evaluation-only run), 'curves': the training's scalars over the
-     steps, the rows of metrics.jsonl (None if the training wrote none)}.
+     steps, the rows of metrics.jsonl (None if the training wrote none), 'lang_clusters': the
+     run's clusters.json (source, spec, {lang: cluster}; None for a run without clusters)}.
 
   Raises:
     FileNotFoundError: the run left no evaluation results, or several (names the files).
@@ -65,8 +66,10 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
   if curves.exists():
     rows = [json.loads(line) for line in curves.read_text().splitlines() if line.strip()]
   manifest = manifests[-1] if manifests else {}
+  clusters = workdir / 'clusters.json'  # hbt.train.loop.lang_clusters: the run's language clusters
   return {'results': results, 'describe': manifest.get('describe'),
-          'false_negatives': manifest.get('false_negatives'), 'curves': rows}
+          'false_negatives': manifest.get('false_negatives'), 'curves': rows,
+          'lang_clusters': io.read_json(clusters) if clusters.exists() else None}
 
 
 def per_query_ap(results: dict) -> dict | None:
@@ -196,6 +199,7 @@ def make_summary(run: dict, config, outputs: dict, timing: dict) -> dict:
       'multi': _rounded(results['multi']),
       'describe': outputs.get('describe'),
       'false_negatives': outputs.get('false_negatives'),
+      'lang_clusters': outputs.get('lang_clusters'),
       'curves': _rounded(outputs.get('curves')),
       'timing': _rounded({**timing, **{f'eval_{k}': v for k, v in
                                         results.get('timing', {}).items()}}, 2),

@@ -48,6 +48,7 @@ from hbt.data import overlap
 from hbt.data import pairs as pairs_lib
 from hbt.data import sources
 from hbt.data import squad_r
+from hbt.eval import encode
 from hbt.eval import evaluate
 from hbt.eval import evaluators as evaluators_lib
 from hbt.eval import report
@@ -70,19 +71,91 @@ def training_pairs(config) -> tuple[pairs_lib.PairSet, pairs_lib.PairSet]:
   return pairs_lib.split_ids(pairs, d.val_fraction, config.seed)
 
 
-def make_sampler(config, pairs: pairs_lib.PairSet) -> sampler_lib.Sampler:
-  """The configured batch sampler over the training pairs."""
+CLUSTERS_FILE = 'clusters.json'  # the run's language clusters (`lang_clusters`)
+
+
+def _clusters(config, clusters: dict | None) -> dict | None:
+  """{lang: cluster} of the run: `clusters` (from `lang_clusters`) if given, else the config's."""
   t = config.train
-  clusters = clusters_lib.parse(t.lang_clusters, 'config.train.lang_clusters') \
-      if t.lang_clusters else None
+  if clusters is not None or not t.lang_clusters:
+    return clusters
+  if t.lang_clusters == clusters_lib.MODEL:
+    raise ValueError("config.train.lang_clusters='model' is computed by loop.lang_clusters; "
+                     'pass its result')
+  return clusters_lib.parse(t.lang_clusters, 'config.train.lang_clusters')
+
+
+def lang_clusters(config, model, mesh, pairs: pairs_lib.PairSet, workdir,
+                  encode_fn=None) -> dict | None:
+  """The run's language clusters {lang: cluster}, or None without config.train.lang_clusters.
+
+  A table or spec is parsed. 'model' is computed from the base model (hbt.batches.clusters): the
+  training positives of the first config.train.cluster_sentences ids that each pair of languages
+  shares, encoded with the pretrained params; once per run: workdir/clusters.json is reused when
+  it was computed from the same model, languages and settings. Either way the clusters are logged
+  and written to workdir/clusters.json: {'source': 'config' | 'model', 'spec', 'clusters', and for
+  'model' the 'inputs', 'langs', 'similarity' [L, L] and 'shared_ids' per 'a-b' pair}.
+  """
+  t = config.train
+  if not t.lang_clusters:
+    return None
+  file = io.path(workdir) / CLUSTERS_FILE
+  if t.lang_clusters != clusters_lib.MODEL:
+    clusters = _clusters(config, None)
+    out = {'source': 'config', 'spec': clusters_lib.format_spec(clusters), 'clusters': clusters}
+  else:
+    inputs = {'model': build.describe(config.model), 'langs': sorted(pairs.langs),
+              'num_clusters': t.cluster_count, 'sentences': t.cluster_sentences}
+    out = io.read_json(file) if file.exists() else {}
+    if out.get('inputs') != inputs:
+      out = _model_clusters(config, model, mesh, pairs, encode_fn, inputs)
+  logging.info('language clusters (%s): %s', out['source'], out['spec'])
+  if jax.process_index() == 0:
+    io.write_json(file, out)
+  return out['clusters']
+
+
+def _model_clusters(config, model, mesh, pairs, encode_fn, inputs: dict) -> dict:
+  """clusters.json of config.train.lang_clusters='model' (see `lang_clusters`)."""
+  t = config.train
+  shared = clusters_lib.shared_ids(pairs, t.cluster_sentences)
+  keys = sorted({(lang, i) for pair, ids in shared.items() for lang in pair for i in ids})
+  encode_fn = encode_fn or eval_run.make_encode_fn(model.module, mesh)
+  vectors = encode.encode_texts(
+      encode_fn, model.params,
+      model.tokenizer.encode([pairs.positive(lang, i) for lang, i in keys], 'passage'),
+      model.tokenizer.pad_id, batch_tokens=config.eval.batch_tokens,
+      max_length=model.tokenizer.max_length, multiple=sharding.data_parallel_size(mesh),
+      batch_sharding=sharding.batch_sharding(mesh), desc='clusters',
+      progress=config.eval.progress)
+  langs, similarity = clusters_lib.similarity(dict(zip(keys, vectors)), shared)
+  try:
+    clusters = clusters_lib.from_similarity(langs, similarity, t.cluster_count)
+  except ValueError as e:
+    raise ValueError(f'config.train.cluster_count={t.cluster_count}: {e} (the training '
+                     f'languages: {",".join(langs)})') from None
+  logging.info('language similarity (cosine of mean embeddings of %d parallel sentences per '
+               'pair at most, %d encoded):\n%s', t.cluster_sentences, len(keys),
+               '\n'.join(f'{a}  ' + ' '.join(f'{v:.3f}' for v in row)
+                         for a, row in zip(langs, similarity)))
+  return {'source': 'model', 'spec': clusters_lib.format_spec(clusters), 'clusters': clusters,
+          'inputs': inputs, 'langs': langs, 'similarity': similarity.round(6).tolist(),
+          'shared_ids': {f'{a}-{b}': len(ids) for (a, b), ids in shared.items()}}
+
+
+def make_sampler(config, pairs: pairs_lib.PairSet,
+                 clusters: dict | None = None) -> sampler_lib.Sampler:
+  """The configured batch sampler over the training pairs (`clusters`: from `lang_clusters`)."""
+  t = config.train
   return sampler_lib.Sampler(pairs, t.batch_size, t.strategy, t.alpha, t.lang_sampling,
-                             t.lang_temperature, config.seed, t.pair_sampling, clusters,
-                             t.cluster_p_in)
+                             t.lang_temperature, config.seed, t.pair_sampling,
+                             _clusters(config, clusters), t.cluster_p_in)
 
 
-def shard_fields(config) -> dict:
+def shard_fields(config, clusters: dict | None = None) -> dict:
   """Everything that determines the training batches (hashed to name the shard folder)."""
   d, t, m = config.data, config.train, config.model
+  clusters = _clusters(config, clusters)
   train = d.train
   if train not in sources.SOURCES:  # a JSONL file: its content decides the batches
     train = {'path': train, 'sha256': hashlib.sha256(pathlib.Path(train).read_bytes()).hexdigest()}
@@ -93,8 +166,8 @@ def shard_fields(config) -> dict:
           'model': {'source': m.source, 'checkpoint': m.checkpoint,
                     'query_prefix': m.query_prefix, 'passage_prefix': m.passage_prefix},
           # Only when set, so the shards of runs without clusters keep their names.
-          **({'lang_clusters': clusters_lib.format_spec(clusters_lib.parse(t.lang_clusters)),
-              'cluster_p_in': t.cluster_p_in} if t.lang_clusters else {})}
+          **({'lang_clusters': clusters_lib.format_spec(clusters),
+              'cluster_p_in': t.cluster_p_in} if clusters else {})}
 
 
 # Train and model fields that change the updates (the batches are covered by the shard manifest).
@@ -112,12 +185,13 @@ def run_fields(config, shard_dir: epath.Path) -> dict:
           'model': {'dropout_rate': config.model.dropout_rate, 'pooling': config.model.pooling}}
 
 
-def prepare(config, workdir: epath.Path, tokenizer, train_pairs) -> epath.Path:
+def prepare(config, workdir: epath.Path, tokenizer, train_pairs,
+            clusters: dict | None = None) -> epath.Path:
   """Writes (or reuses) the shards of every training step; returns their folder."""
   t = config.train
-  return shards.prepare(io.path(workdir) / 'shards', shard_fields(config),
-                        make_sampler(config, train_pairs), train_pairs, tokenizer, t.steps,
-                        t.max_query_length, t.max_passage_length, t.hard_negatives,
+  return shards.prepare(io.path(workdir) / 'shards', shard_fields(config, clusters),
+                        make_sampler(config, train_pairs, clusters), train_pairs, tokenizer,
+                        t.steps, t.max_query_length, t.max_passage_length, t.hard_negatives,
                         progress=config.eval.progress, parallel=parallel_sides(config),
                         pack_texts=t.pack_texts)
 
@@ -221,7 +295,9 @@ def train_and_evaluate(config, workdir, model=None, mesh=None) -> dict:
   model = model or build.load(config.model)
   buckets.fit_pack(t, sharding.data_parallel_size(mesh))
   train_pairs, val_pairs = training_pairs(config)
-  shard_dir = prepare(config, workdir, model.tokenizer, train_pairs)
+  encode_fn = eval_run.make_encode_fn(model.module, mesh)
+  clusters = lang_clusters(config, model, mesh, train_pairs, workdir, encode_fn)
+  shard_dir = prepare(config, workdir, model.tokenizer, train_pairs, clusters)
   logging.info('shards: %s', shard_dir)
   if config.mode == 'prepare':
     return {}
@@ -236,8 +312,7 @@ def train_and_evaluate(config, workdir, model=None, mesh=None) -> dict:
     logging.info('resuming from the checkpoint at step %d', start)
   train_fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, t, config.seed,
                                      config.mesh.rules)
-  ctx = evaluators_lib.Context(config, workdir, model, mesh,
-                               eval_run.make_encode_fn(model.module, mesh), val_pairs, shardings,
+  ctx = evaluators_lib.Context(config, workdir, model, mesh, encode_fn, val_pairs, shardings,
                                t.steps)
   evaluators = evaluators_lib.from_config(config, ctx, validation_only=config.mode == 'train')
   overlaps = {}
