@@ -227,3 +227,73 @@ def test_a_sweep_without_the_alpha_keys_gets_none_of_its_sections(summaries, tmp
   assert _row(text, 'X-X-mono')[0] == 'X-X-mono'
   assert sorted(p.name for p in tmp_path.iterdir()) == ['toy_curves.png', 'toy_langmix.png',
                                                          'toy_map.png']
+
+
+CLUSTER_LANGS, CLUSTER_SEEN = ('en', 'de', 'es', 'zh', 'th'), ('en', 'de', 'es', 'zh')
+
+
+def cluster_summary(arm: str, seed, overrides: dict, saved=None) -> dict:
+  """A hand-made summary with random pair mAP over CLUSTER_LANGS (th unseen in training)."""
+  rng = np.random.default_rng([len(arm), 0 if seed is None else seed + 1])
+  return {'sweep': 'clu', 'direction': 'mlqa_to_xquad', 'arm': arm, 'seed': seed,
+          'benchmark': 'xquad_r', 'train_data': 'mlqa_r', 'langs': list(CLUSTER_LANGS),
+          'groups': {'all': list(CLUSTER_LANGS), 'seen': list(CLUSTER_SEEN), 'unseen': ['th']},
+          'overrides': overrides, 'lang_clusters': saved,
+          'pairs': {f'{x}-{y}': {'ap': float(rng.uniform(0.2, 0.9))}
+                    for x in CLUSTER_LANGS for y in CLUSTER_LANGS}}
+
+
+def test_cluster_table_against_numpy():
+  model = {'en': 'c0', 'es': 'c0', 'de': 'c1', 'zh': 'c1'}
+  arms = {'hybrid': {}, 'hybrid_latin': {'train.lang_clusters': 'latin:en,de,es;han:zh'},
+          'hybrid_model': {'train.lang_clusters': 'model'}}
+  summaries = [cluster_summary(report.ZERO_SHOT, None, {})] + [
+      cluster_summary(arm, seed, overrides,
+                      {'source': 'model', 'clusters': model} if arm == 'hybrid_model' else None)
+      for arm, overrides in arms.items() for seed in range(3)]
+  runs = report.Runs({'name': 'clu', 'arms': arms}, summaries)
+  text = report.table_clusters(runs)
+  blocks = text.split('**XQuAD-R')[1:]
+  assert len(blocks) == 2 and '`han:zh;latin:de,en,es`' in blocks[0] and 'c0:en,es' in blocks[1]
+  for block, clusters in zip(blocks, ({'en': 'l', 'de': 'l', 'es': 'l', 'zh': 'h'}, model)):
+    def figures(s):  # within, across, unseen, by hand
+      cells = {'within': [], 'across': [], 'unseen': []}
+      for x in CLUSTER_LANGS:
+        for y in CLUSTER_LANGS:
+          if x != y:
+            kind = ('unseen' if 'th' in (x, y) else
+                    'within' if clusters[x] == clusters[y] else 'across')
+            cells[kind].append(s['pairs'][f'{x}-{y}']['ap'])
+      return [np.mean(cells[k]) for k in ('within', 'across', 'unseen')]
+    n_within = sum(clusters[x] == clusters[y] for x in CLUSTER_SEEN for y in CLUSTER_SEEN
+                   if x != y)
+    assert f'within a cluster ({n_within} pairs)' in block
+    assert f'across clusters ({12 - n_within} pairs)' in block
+    assert 'with an unseen language (8 pairs)' in block
+    for arm in arms:
+      values = np.array([figures(s) for s in summaries if s['arm'] == arm])
+      want = [report.fmt(np.mean(v), np.std(v, ddof=1)) for v in values.T]
+      diff = values[:, 0] - values[:, 1]
+      want.append(report.fmt(np.mean(diff), np.std(diff, ddof=1)))
+      assert _row(block, report.arm_label(runs.spec, arm))[1:] == want + ['3'], arm
+    zero = figures(summaries[0])
+    assert _row(block, 'zero-shot')[1:4] == [report.fmt(v) for v in zero]
+  # No arm with clusters (or a 'model' arm without its clusters.json): no table.
+  plain = report.Runs({'name': 'clu', 'arms': {'hybrid': {}}},
+                      [s for s in summaries if s['arm'] == 'hybrid'])
+  assert report.table_clusters(plain) == ''
+  assert report.run_clusters(cluster_summary('m', 0, {'train.lang_clusters': 'model'})) is None
+
+
+def test_cluster_section_is_rendered_for_a_sweep_with_clusters(tmp_path):
+  spec = test_sweep.spec(name='clu', arms={
+      'hybrid': {'train.strategy': 'hybrid'},
+      'hybrid_family': {'train.strategy': 'hybrid', 'train.lang_clusters': 'family'}},
+      seeds=(0,), contrasts=())
+  sweep_lib.run_sweep(spec, tmp_path / 'runs', tmp_path / 'summaries',
+                      run_fn=test_sweep.fake_run, log=lambda _: None)
+  text = report.render(report.Runs(*report.load(tmp_path / 'summaries')), 'runs', 'out.md',
+                       tmp_path, 'results')
+  section = text.split('### Cross-lingual pairs within and across language clusters')[1]
+  assert 'within a cluster (2 pairs)' in section  # en-de, de-en: both indo-european
+  assert 'with an unseen language (4 pairs)' in section

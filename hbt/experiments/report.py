@@ -14,7 +14,9 @@ A sweep's optional keys (hbt.experiments.sweep) add to this: with 'x_axis' (e.g.
 the arms are labelled by its value and the final figures are plotted and tabled against it; with
 'threshold' each arm's steps to reach a share of the best validation gain (THRESHOLD_RULE); with
 'low_resource' those languages are marked † in the per-language tables, and the final MRR per
-language and the low-resource mean MRR are given.
+language and the low-resource mean MRR are given. Runs trained with language clusters
+(train.lang_clusters; the clusters of 'model' come from the run's clusters.json) add the mean
+cross-lingual mAP over the pairs within and across those clusters and with an unseen language.
 
 The paired tests are described in PAIRED_TESTS.
 """
@@ -30,6 +32,7 @@ from absl import flags
 import numpy as np
 
 from hbt import io
+from hbt.batches import clusters as clusters_lib
 from hbt.experiments import stats
 from hbt.experiments import summary as summary_lib
 
@@ -314,6 +317,85 @@ def table_language_mix(runs: Runs) -> str:
           ['strategy', 'pairs', 'with English', 'same language', 'language pairs',
            'false negatives masked / batch', 'query languages'], rows))
   return '\n\n'.join(parts) if parts else 'No language counts in the summaries.'
+
+
+# ------------------------------------------------------------------------ language clusters
+
+CLUSTER_PAIRS = (('within', 'within a cluster'), ('across', 'across clusters'),
+                 ('unseen', 'with an unseen language'))
+CLUSTERS_NOTE = (
+    'Cross-lingual pairs X-Y (X != Y, both directions) of the evaluation languages, grouped by a '
+    'clustering that an arm trained with: within one cluster and across clusters (both languages '
+    'seen in training), and pairs with a language unseen in training. Each figure is the mean '
+    'over the group\'s pairs of the pair\'s mAP, then mean ± std over seeds; every arm is scored '
+    'on the same pairs, so the rows compare like with like. within − across: per run, then over '
+    'seeds.')
+
+
+def run_clusters(run: dict) -> dict | None:
+  """{lang: cluster} that a run's cross-lingual pairs were drawn with: its clusters.json (kept in
+  the summary), else its train.lang_clusters override (a table or spec); None without clusters."""
+  saved = run.get('lang_clusters')
+  if saved:
+    return saved['clusters']
+  spec = run.get('overrides', {}).get('train.lang_clusters', '')
+  if not spec or spec == clusters_lib.MODEL:  # 'model' without its clusters.json: unknown
+    return None
+  return clusters_lib.parse(spec)
+
+
+def cluster_pair_groups(langs, seen, clusters: dict) -> dict[str, list[str]]:
+  """The ordered cross-lingual pairs 'X-Y' of `langs` by CLUSTER_PAIRS: 'within' / 'across'
+  clusters when X and Y are both `seen` in training, else 'unseen'."""
+  out = {name: [] for name, _ in CLUSTER_PAIRS}
+  for x in langs:
+    for y in langs:
+      if x == y:
+        continue
+      if x not in seen or y not in seen:
+        out['unseen'].append(f'{x}-{y}')
+      elif x in clusters and y in clusters and clusters[x] == clusters[y]:
+        out['within'].append(f'{x}-{y}')
+      else:
+        out['across'].append(f'{x}-{y}')
+  return out
+
+
+def pairs_mean(run: dict, pairs: list[str], metric: str = 'ap') -> float:
+  """The mean of a run's figure over the language pairs 'X-Y' (NaN for none)."""
+  return float(np.mean([run['pairs'][p][metric] for p in pairs])) if pairs else float('nan')
+
+
+def table_clusters(runs: Runs) -> str:
+  """Per clustering that an arm trained with, every arm's mean cross-lingual mAP within and
+  across its clusters and on pairs with an unseen language; '' if no run had clusters."""
+  parts = []
+  for d in runs.directions:
+    seen, unseen = runs.langs(d)
+    clusterings = {}  # spec -> (clusters, arms that trained with them)
+    for arm in runs.arms:
+      for s in runs.get(d, arm):
+        clusters = run_clusters(s)
+        if clusters:
+          entry = clusterings.setdefault(clusters_lib.format_spec(clusters), (clusters, []))
+          if arm not in entry[1]:
+            entry[1].append(arm)
+    for spec, (clusters, arms) in clusterings.items():
+      groups = cluster_pair_groups(seen + unseen, seen, clusters)
+      rows = []
+      for arm in runs.rows(d):
+        group = runs.get(d, arm)
+        means = {name: [pairs_mean(s, groups[name]) for s in group] for name, _ in CLUSTER_PAIRS}
+        rows.append([arm_label(runs.spec, arm)]
+                    + [fmt(*mean_std(means[name])[:2]) for name, _ in CLUSTER_PAIRS]
+                    + [fmt(*mean_std(np.subtract(means['within'], means['across']))[:2]),
+                       str(len(group))])
+      head = (['strategy'] + [f'{label} ({len(groups[name])} pairs)'
+                              for name, label in CLUSTER_PAIRS] + ['within − across', 'runs'])
+      parts.append(f'**{runs.label(d)}**, clusters `{spec}` (trained with by '
+                   f'{", ".join(arm_label(runs.spec, a) for a in arms)})\n\n'
+                   + _table(head, rows))
+  return '\n\n'.join(parts)
 
 
 # ------------------------------------------------------------------------------ paired tests
@@ -705,6 +787,12 @@ def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str)
       f'![mAP per strategy]({rel}/{runs.name}_map.png)',
       '### Recall and language bias', table_recall(runs),
       '### Languages seen and unseen in training', table_groups(runs),
+  ]
+  by_cluster = table_clusters(runs)
+  if by_cluster:
+    sections += ['### Cross-lingual pairs within and across language clusters', CLUSTERS_NOTE,
+                 by_cluster]
+  sections += [
       '### Per language (mAP, mean over seeds; * = unseen in training'
       + ('; † = low-resource)' if runs.low_resource else ')'),
   ]
