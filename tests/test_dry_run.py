@@ -164,3 +164,17 @@ def test_dry_run_compiles_the_step_with_alignment_terms_and_discriminator(plain_
   hand = train_flops(encoder.Arch(**ARCH), 16, 8, 16)
   assert 1.0 <= (terms['flops'] - plain['flops']) / hand < 1.25
   assert terms['opt_state_bytes'] > plain['opt_state_bytes']
+
+
+def test_the_capacity_sweep_runs_every_importable_model_at_the_dry_run_setting():
+  from hbt.experiments import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  spec = sweep_lib.load_sweep('configs/sweeps/capacity.py')  # validates every run's config
+  assert set(spec['directions']) == set(models.MODELS) - {'xlmr_xl', 'xlmr_xxl'}  # pre-LN
+  trained = [r for r in sweep_lib.runs(spec) if r['arm'] != sweep_lib.ZERO_SHOT]
+  assert len(trained) == 7 * 3 * 3
+  for run in trained:
+    config = sweep_lib.run_config(run)
+    assert config.model.arch.to_dict() == models.get_config(run['direction']).model.arch.to_dict()
+    t = config.train
+    assert (t.steps, t.batch_size, t.max_query_length, t.max_passage_length, t.pack_texts,
+            t.freeze_embeddings, config.model.remat) == (1000, 128, 48, 256, 1, False, False)

@@ -297,3 +297,20 @@ def test_cluster_section_is_rendered_for_a_sweep_with_clusters(tmp_path):
   section = text.split('### Cross-lingual pairs within and across language clusters')[1]
   assert 'within a cluster (2 pairs)' in section  # en-de, de-en: both indo-european
   assert 'with an unseen language (4 pairs)' in section
+
+
+def test_directions_with_one_benchmark_are_told_apart(summaries, tmp_path):
+  """A sweep over models (configs/sweeps/capacity.py): each direction a model, one benchmark."""
+  spec = test_sweep.spec(name='cap', seeds=(0,), contrasts=(('hybrid', 'x_y'),), directions={
+      m: {'config': 'configs/xquad.py', 'data.train': 'mlqa_r'} for m in ('small', 'base')})
+  sweep_lib.run_sweep(spec, tmp_path / 'runs', tmp_path / 'summaries',
+                      run_fn=test_sweep.fake_run, log=lambda _: None)
+  runs = report.Runs(*report.load(tmp_path / 'summaries'))
+  assert runs.label('base') == 'XQuAD-R (trained on MLQA-R), base'
+  assert '| strategy | small mono | small cross | small multi | base mono |' in report.table_one(
+      runs)
+  assert _row(report.table_tests(runs), 'base')[1] == 'hybrid − X-Y'
+  # One direction per benchmark: the labels stay as they were.
+  one = report.Runs(*report.load(summaries))
+  assert one.column('mlqa_to_xquad') == 'XQuAD-R'
+  assert one.label('mlqa_to_xquad') == 'XQuAD-R (trained on MLQA-R)'

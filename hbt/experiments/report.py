@@ -107,9 +107,23 @@ class Runs:
     """A summary of the direction (they share its datasets and languages)."""
     return next(v[0] for (d, _), v in self.by.items() if d == direction)
 
-  def label(self, direction) -> str:
+  def _data(self, direction) -> tuple[str, str]:
     s = self.get_any(direction)
-    return f'{bench_name(s["benchmark"])} (trained on {bench_name(s["train_data"])})'
+    return s['benchmark'], s['train_data']
+
+  def _shared(self, direction) -> bool:
+    """Whether another direction has the same datasets (a sweep over models, say)."""
+    return sum(self._data(d) == self._data(direction) for d in self.directions) > 1
+
+  def label(self, direction) -> str:
+    benchmark, train = self._data(direction)
+    return (f'{bench_name(benchmark)} (trained on {bench_name(train)})'
+            + (f', {direction}' if self._shared(direction) else ''))
+
+  def column(self, direction) -> str:
+    """The direction's short name in table columns: its benchmark, or the direction's name where
+    directions share a benchmark."""
+    return direction if self._shared(direction) else bench_name(self._data(direction)[0])
 
   def langs(self, direction) -> tuple[list[str], list[str]]:
     """(evaluation languages seen in training, unseen) of a direction."""
@@ -181,7 +195,7 @@ def table_one(runs: Runs) -> str:
   """Mono, cross and multi mAP per dataset, mean ± std over seeds (the paper's Table 1)."""
   head = ['strategy']
   for d in runs.directions:
-    head += [f'{bench_name(runs.get_any(d)["benchmark"])} {s}' for s in SETTINGS]
+    head += [f'{runs.column(d)} {s}' for s in SETTINGS]
   head.append('seeds')
   rows = []
   zero = [ZERO_SHOT] if any(runs.get(d, ZERO_SHOT) for d in runs.directions) else []
@@ -482,7 +496,7 @@ def table_tests(runs: Runs) -> str:
     for s in SETTINGS:
       c = contrast(runs, d, a, b, s)
       ci = '–' if c['ci95'] is None else f'[{_signed(c["ci95"][0])}, {_signed(c["ci95"][1])}]'
-      rows.append([bench_name(runs.get(d, a)[0]['benchmark']),
+      rows.append([runs.column(d),
                    f'{arm_label(runs.spec, a)} − {arm_label(runs.spec, b)}', s,
                    _signed(c['diff']), ci, _p(c['p_value']), str(c['queries']),
                    f'{fmt(c["std_a"])} / {fmt(c["std_b"])}', verdict(c)])
