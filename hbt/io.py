@@ -1,4 +1,5 @@
-"""Small file utilities shared by every stage: paths that may be remote, atomic writes, JSON, cache.
+"""Small file utilities shared by every stage: paths that may be remote, atomic writes, JSON and
+JSON Lines, cache.
 
 Every path that may live on remote storage (a `gs://` workdir, shards, checkpoints, reports,
 metrics) goes through `path`, an `etils.epath.Path` (what orbax uses): a local path stays a local path, and
@@ -6,6 +7,7 @@ metrics) goes through `path`, an `etils.epath.Path` (what orbax uses): a local p
 written through tf.io.gfile.
 """
 
+from collections.abc import Iterator
 import json
 import os
 import pathlib
@@ -76,6 +78,34 @@ def read_json(p: epath.PathLike):
     return json.loads(p.read_bytes().decode('utf-8'))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f'{p} is not valid JSON: {e}') from e
+
+
+def read_jsonl(p: epath.PathLike) -> Iterator[tuple[int, dict]]:
+  """(line number, object) for each non-blank line of a JSON Lines file (UTF-8), in file order.
+
+  Lines end at a line feed only, so a text holding U+2028 (which `json.dumps(...,
+  ensure_ascii=False)` leaves unescaped) stays on its line.
+
+  Raises:
+    ValueError: naming the file and line (`file:line: ...`), for a line that is not UTF-8, not
+      valid JSON or not a JSON object.
+  """
+  p = path(p)
+  with p.open('rb') as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ValueError(f'{p}:{number}: not UTF-8 (byte {e.start}: {e.reason})') from None
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line.rstrip('\r\n'))
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{p}:{number}: not valid JSON: {e.msg} (column {e.colno})') from None
+      if not isinstance(obj, dict):
+        raise ValueError(f'{p}:{number}: expected a JSON object, got {type(obj).__name__}')
+      yield number, obj
 
 
 def cache_dir() -> pathlib.Path:

@@ -1,5 +1,6 @@
 """hbt.io: remote-safe paths, atomic writes, JSON, the cache directory."""
 
+import json
 import os
 
 from etils.epath import backend
@@ -32,6 +33,25 @@ def test_read_json_errors_name_the_file(tmp_path):
   (tmp_path / 'bad.json').write_text('{not json')
   with pytest.raises(ValueError, match='bad.json'):
     io.read_json(tmp_path / 'bad.json')
+
+
+def test_read_jsonl_numbers_lines_and_keeps_u2028_in_its_line(tmp_path):
+  rows = [{'id': 'a', 'text': 'one\u2028two'}, {'id': 'b', 'text': 'ÄÖÜ'}]
+  lines = [json.dumps(rows[0], ensure_ascii=False), '', '  ', json.dumps(rows[1])]
+  (tmp_path / 'r.jsonl').write_text('\r\n'.join(lines) + '\n', encoding='utf-8')
+  assert list(io.read_jsonl(tmp_path / 'r.jsonl')) == [(1, rows[0]), (4, rows[1])]
+  assert list(io.read_jsonl(str(tmp_path / 'r.jsonl'))) == [(1, rows[0]), (4, rows[1])]
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'{"a": 1}\n\n{"a": 2\n', r'bad.jsonl:3: not valid JSON: .*column 8'),
+    (b'{"a": 1}\n[1, 2]\n', 'bad.jsonl:2: expected a JSON object, got list'),
+    (b'{"a": 1}\n{"a": "\xff"}\n', r'bad.jsonl:2: not UTF-8 \(byte 7'),
+])
+def test_read_jsonl_errors_name_file_and_line(tmp_path, content, message):
+  (tmp_path / 'bad.jsonl').write_bytes(content)
+  with pytest.raises(ValueError, match=message):
+    list(io.read_jsonl(tmp_path / 'bad.jsonl'))
 
 
 def test_cache_dir_expands_home_in_both_forms(monkeypatch):

@@ -82,7 +82,7 @@ def test_benchmark_round_trip_through_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize('line, message', [
-    ('{"id": "q2", "lang": "en"', 'malformed JSON'),
+    ('{"id": "q2", "lang": "en"', 'not valid JSON'),
     ('["q2", "en"]', 'expected a JSON object'),
     (json.dumps({'id': 'q2', 'lang': 'en', 'query': 'x'}), r"missing field.*'positive'"),
     (json.dumps(_row('q2', negative=['x'])), r"unknown field.*'negative'"),

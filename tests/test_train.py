@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
+from hbt import io
 from hbt.data import pairs as pairs_lib
 from hbt.eval import evaluators
 from hbt.eval import report as eval_report
@@ -34,11 +35,24 @@ def tiny_config(checkpoint_dir, data_dir, steps: int, **extra):
 
 
 def read_metrics(workdir) -> list[dict]:
-  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [record for _, record in io.read_jsonl(workdir / 'metrics.jsonl')]
 
 
 def values(records, name) -> dict[int, float]:
   return {r['step']: r[name] for r in records if name in r}
+
+
+def test_jsonl_writer_reopened_at_a_step_drops_the_later_lines(tmp_path):
+  writer = loop.JsonlWriter(tmp_path / 'metrics.jsonl')
+  for step in (1, 2, 3):
+    writer.write_scalars(step, {'loss': 1.0 / 3 + step})
+  before = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  reopened = loop.JsonlWriter(tmp_path / 'metrics.jsonl', resume_step=2)
+  reopened.write_scalars(3, {'loss': 0.5})
+  assert (tmp_path / 'metrics.jsonl').read_text().splitlines() == before[:2] + [
+      '{"loss": 0.5, "step": 3}']
+  assert read_metrics(tmp_path) == [{'loss': 1.0 / 3 + 1, 'step': 1},
+                                    {'loss': 1.0 / 3 + 2, 'step': 2}, {'loss': 0.5, 'step': 3}]
 
 
 def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):

@@ -41,6 +41,7 @@ import json
 import os
 import types
 
+from hbt import io
 from hbt.data.types import Benchmark
 
 # ISO 639-1 codes the project knows: the XQuAD-R / MLQA-R languages plus common others.
@@ -224,14 +225,9 @@ def _check_text(value, field: str, where: str) -> str:
   return value
 
 
-def _parse_line(line: str, where: str, allowed_langs: Collection[str]) -> tuple[str, str, Example]:
-  """One JSONL line as (lang, id, Example); errors name `where` (file:line)."""
-  try:
-    obj = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{where}: malformed JSON: {e.msg}') from None
-  if not isinstance(obj, dict):
-    raise ValueError(f'{where}: expected a JSON object, got {type(obj).__name__}')
+def _parse_record(obj: dict, where: str,
+                  allowed_langs: Collection[str]) -> tuple[str, str, Example]:
+  """One JSONL object as (lang, id, Example); errors name `where` (file:line)."""
   missing = [f for f in _REQUIRED_FIELDS if f not in obj]
   if missing:
     raise ValueError(f'{where}: missing field(s) {missing}')
@@ -271,17 +267,14 @@ def from_jsonl(path: str | os.PathLike, allowed_langs: Collection[str] | None = 
   allowed = KNOWN_LANGS if allowed_langs is None else frozenset(allowed_langs)
   rows = []
   first_line = {}
-  with open(path, encoding='utf-8') as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{os.fspath(path)}:{number}'
-      lang, qid, example = _parse_line(line, where, allowed)
-      if (lang, qid) in first_line:
-        raise ValueError(f'{where}: id {qid!r} appears twice in language {lang!r} '
-                         f'(first on line {first_line[(lang, qid)]})')
-      first_line[(lang, qid)] = number
-      rows.append((lang, qid, example))
+  for number, obj in io.read_jsonl(path):
+    where = f'{os.fspath(path)}:{number}'
+    lang, qid, example = _parse_record(obj, where, allowed)
+    if (lang, qid) in first_line:
+      raise ValueError(f'{where}: id {qid!r} appears twice in language {lang!r} '
+                       f'(first on line {first_line[(lang, qid)]})')
+    first_line[(lang, qid)] = number
+    rows.append((lang, qid, example))
   if not rows:
     raise ValueError(f'{os.fspath(path)}: no pairs')
   return _build(rows)

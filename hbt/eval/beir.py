@@ -18,7 +18,6 @@ for a run that ranks the whole corpus (ties: the lower corpus index first).
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -85,17 +84,9 @@ def files(folder: str | os.PathLike, split: str) -> dict:
 
 
 def _jsonl(path, required: tuple[str, ...]) -> list[dict]:
-  """The objects of a JSON Lines file; blank lines skipped; errors name the file and line."""
+  """The objects of a JSON Lines file (hbt.io.read_jsonl); errors name the file and line."""
   records = []
-  for number, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}:{number}: not valid JSON: {e}') from e
-    if not isinstance(record, dict):
-      raise ValueError(f'{path}:{number}: expected a JSON object, got {type(record).__name__}')
+  for number, record in io.read_jsonl(path):
     for field in required:
       value = record.get(field)
       if not isinstance(value, str) or (field == '_id' and not value):

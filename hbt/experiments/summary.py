@@ -64,7 +64,7 @@ def read_run_outputs(workdir: str | os.PathLike) -> dict:
   curves = workdir / 'metrics.jsonl'  # one JSON object per write: {"step": N, "<name>": v}
   rows = None
   if curves.exists():
-    rows = [json.loads(line) for line in curves.read_text().splitlines() if line.strip()]
+    rows = [row for _, row in io.read_jsonl(curves)]
   manifest = manifests[-1] if manifests else {}
   clusters = workdir / 'clusters.json'  # hbt.train.loop.lang_clusters: the run's language clusters
   return {'results': results, 'describe': manifest.get('describe'),

@@ -224,10 +224,9 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._lock = threading.Lock()
     self._lines = []
     if self._path.exists():
-      for line in self._path.read_text().splitlines():
-        record = json.loads(line)
+      for _, record in io.read_jsonl(self._path):
         if record['step'] <= resume_step:
-          self._lines.append(line)
+          self._lines.append(json.dumps(record, sort_keys=True))
 
   def write_scalars(self, step, scalars):
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
