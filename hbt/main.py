@@ -10,10 +10,14 @@ libraries, unless --verbosity is given). A bad input or config stops the run wit
 stderr and exit status 2 (a diverged loss: status 3); --verbosity=1 shows the traceback.
 """
 
+import logging as std_logging
 import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TF only parses shards and writes summaries here (no op with a oneDNN kernel); with oneDNN on, TF
+# logs an INFO line at import that TF_CPP_MIN_LOG_LEVEL does not silence.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -49,9 +53,12 @@ BAD_INPUT_ERRORS = (ValueError, OSError, KeyError)
 _OWN_LOGS = tuple(os.path.dirname(m.__file__) + os.sep for m in (hbt, clu))
 
 
-def _own_or_warning(record) -> bool:
-  """Keeps hbt's and clu's records (metrics, progress) and every library's warnings."""
-  return record.levelno >= logging.WARNING or record.pathname.startswith(_OWN_LOGS)
+def _own_or_warning(record: std_logging.LogRecord) -> bool:
+  """Keeps hbt's and clu's records (metrics, progress) and every library's warnings.
+
+  A record's level is Python's (WARNING = 30); absl's `logging.WARNING` is a verbosity (-1).
+  """
+  return record.levelno >= std_logging.WARNING or record.pathname.startswith(_OWN_LOGS)
 
 
 def _stop(message, status: int):

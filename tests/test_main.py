@@ -5,11 +5,77 @@ with the same seed; a bad config or input ends the run with one line and exit st
 itself is tested in process (tests/test_train.py).
 """
 
+import logging
+import pathlib
+import re
 import signal
 
+from absl import logging as absl_logging
+import clu
+import jax.numpy as jnp
+
+import hbt
+from hbt import main
+from hbt.model import dtype
+from hbt.train import checkpoint
 from hbt.train import loop
+from hbt.train import step as step_lib
 from tests import runs
 from tests import test_train
+
+# An absl console line: level letter, date, time, thread, then file:line].
+_ABSL_LINE = re.compile(r'^([IWEF])\d{4} [\d:.]+ +\d+ ([^:\s]+):\d+\] ')
+
+
+def _own_files() -> set[str]:
+  """The names of hbt's and clu's Python files (what an absl line shows of its source)."""
+  return {p.name for m in (hbt, clu) for p in pathlib.Path(m.__file__).parent.rglob('*.py')}
+
+
+def foreign_info_lines(out: str) -> list[str]:
+  """The INFO lines of `out` that come from a file outside hbt and clu."""
+  own = _own_files()
+  return [line for line in out.splitlines()
+          if (m := _ABSL_LINE.match(line)) and m[1] == 'I' and m[2] not in own]
+
+
+class _Records(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def emit(self, record):
+    self.records.append(record)
+
+
+def test_log_filter_keeps_own_info_and_others_warnings(tmp_path):
+  """Real records of orbax (INFO at every manager and save) and of hbt, through the filter."""
+  kept, seen = _Records(), _Records()
+  kept.addFilter(main._own_or_warning)  # pylint: disable=protected-access
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.INFO)
+  for handler in (kept, seen):
+    root.addHandler(handler)
+  try:
+    mngr = checkpoint.manager(tmp_path, keep=1)
+    params = {'w': jnp.ones(2)}
+    checkpoint.save(mngr, step_lib.TrainState(step=jnp.asarray(1), params=params, frozen={},
+                                              opt_state={}), 1.0)
+    mngr.wait_until_finished()
+    dtype.resolve('auto', 'cpu', frozenset())  # hbt's INFO line
+    absl_logging.warning('a warning from outside hbt')
+  finally:
+    for handler in (kept, seen):
+      root.removeHandler(handler)
+    root.setLevel(level)
+  orbax = [r for r in seen.records if '/orbax/' in r.pathname and r.levelno == logging.INFO]
+  assert orbax  # the filter has something to drop
+  assert not [r for r in kept.records if '/orbax/' in r.pathname]
+  assert [r.getMessage() for r in kept.records] == [
+      "config.model.dtype='auto' -> float32 (backend cpu, CPU bf16 flags: none)",
+      'a warning from outside hbt']
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp_path):
@@ -29,6 +95,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp
   assert 4 <= killed_at < 24
   out = runs.finish(runs.hbt_main(tmp_path / 'killed', *args))
   assert f'resuming from the checkpoint at step {killed_at}' in out
+  # The console holds hbt's INFO lines (and clu's), no other library's (orbax logs every save).
+  assert 'loop.py' in {m[2] for line in out.splitlines() if (m := _ABSL_LINE.match(line))}
+  assert not foreign_info_lines(out), foreign_info_lines(out)[:5]
+  assert 'oneDNN' not in out
 
   step_a, straight = runs.restore_params(tmp_path / 'straight')
   step_b, resumed = runs.restore_params(tmp_path / 'killed')
