@@ -1,5 +1,7 @@
 """Checkpoint retention (N latest plus the best by validation loss) and exact restore."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,8 @@ def state_at(step: int) -> step_lib.TrainState:
                              opt_state={'mu': jax.tree.map(jnp.zeros_like, params)})
 
 
-def test_keeps_latest_and_best(tmp_path):
+def test_keeps_latest_and_best(tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
   mngr = checkpoint.manager(tmp_path, keep=2)
   for step, val_loss in zip(range(1, 7), [5.0, 1.0, 4.0, None, 3.0, 2.5]):
     checkpoint.save(mngr, state_at(step), val_loss)
@@ -29,6 +32,20 @@ def test_keeps_latest_and_best(tmp_path):
   checkpoint.save(reopened, state_at(7), None)
   reopened.wait_until_finished()
   assert sorted(reopened.all_steps()) == [2, 6, 7]
+  assert checkpoint.best_step(reopened) == 2
+  # Saves without a validation loss (steps 4 and 7) do not make orbax warn.
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_unvalidated_checkpoints_never_count_as_best(tmp_path):
+  """Only unvalidated saves after the validated one: the validated one stays kept and best."""
+  mngr = checkpoint.manager(tmp_path, keep=1)
+  for step, val_loss in zip(range(1, 5), [None, 2.0, None, None]):
+    checkpoint.save(mngr, state_at(step), val_loss)
+  mngr.wait_until_finished()
+  assert sorted(mngr.all_steps()) == [2, 4]
+  assert checkpoint.best_step(mngr) == 2
+  assert checkpoint.best_step(checkpoint.manager(tmp_path, keep=1)) == 2
 
 
 def test_restore_latest_is_exact(tmp_path):

@@ -99,6 +99,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp
   assert 'loop.py' in {m[2] for line in out.splitlines() if (m := _ABSL_LINE.match(line))}
   assert not foreign_info_lines(out), foreign_info_lines(out)[:5]
   assert 'oneDNN' not in out
+  assert 'tracked_metric' not in out  # saves between validations (steps 16, 20) say nothing
 
   step_a, straight = runs.restore_params(tmp_path / 'straight')
   step_b, resumed = runs.restore_params(tmp_path / 'killed')

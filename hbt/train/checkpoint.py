@@ -16,6 +16,7 @@ a run under a changed config (another alpha, strategy, seed, ...) refuses to res
 
 from collections.abc import Mapping
 import json
+import math
 import os
 
 from etils import epath
@@ -31,7 +32,8 @@ RUN_FIELDS = 'run_fields.json'
 
 
 def _val_loss(metrics) -> float:
-  return metrics[VAL_METRIC]
+  """The ranking value of a checkpoint's metrics: its val loss; +inf (the worst) without one."""
+  return metrics.get(VAL_METRIC, math.inf)
 
 
 def checkpoint_dir(workdir) -> epath.Path:
@@ -115,13 +117,15 @@ def _saved(state) -> dict:
 def save(mngr: ocp.CheckpointManager, state, val_loss: float | None = None) -> bool:
   """Saves the state at its step if the manager's policy says so; returns whether it did.
 
-  `val_loss` is the validation loss measured at this step, if any (it ranks the checkpoint).
+  `val_loss` is the validation loss measured at this step, if any (it ranks the checkpoint). A
+  step without one is saved with empty metrics, not none (for which orbax, tracking the best, warns
+  at every save): it ranks last, and `best_step` skips it.
   Asynchronous managers return before the files are complete: `mngr.wait_until_finished()`.
   """
   step = int(state.step)
   if not mngr.should_save(step):
     return False
-  metrics = None if val_loss is None else {VAL_METRIC: float(val_loss)}
+  metrics = {} if val_loss is None else {VAL_METRIC: float(val_loss)}
   return mngr.save(step, args=ocp.args.StandardSave(_saved(state)), metrics=metrics)
 
 
