@@ -314,3 +314,15 @@ def test_directions_with_one_benchmark_are_told_apart(summaries, tmp_path):
   one = report.Runs(*report.load(summaries))
   assert one.column('mlqa_to_xquad') == 'XQuAD-R'
   assert one.label('mlqa_to_xquad') == 'XQuAD-R (trained on MLQA-R)'
+
+
+def test_header_names_the_code_of_the_runs_and_warns_when_it_differs(summaries, tmp_path):
+  out = tmp_path / 'results.md'
+  report.write_report(summaries, out)
+  text = out.read_text()
+  line = next(l for l in text.splitlines() if l.startswith('- Code:'))
+  assert 'every trained run at commit' in line
+  mixed = [{'commit': 'a' * 40}, {'commit': 'a' * 40}, {'commit': 'b' * 40}]
+  said = report.code_versions(mixed)
+  assert '2 commits' in said and '`aaaaaaaaaaaa` (2 runs)' in said and '`bbbbbbbbbbbb` (1 run)' in said
+  assert 'confounds' in said

@@ -783,8 +783,21 @@ def _header(runs: Runs, runs_dir: str, out: str) -> str:
       f'- Wall time per run: training {fmt(*train_s[:2], digits=0)} s, evaluation '
       f'{fmt(*eval_s[:2], digits=0)} s; '
       f'{total_h:.1f} h in all. Machines: {"; ".join(machines) or "–"}.',
+      f'- Code: {code_versions(trained)}',
   ]
   return '\n'.join(lines)
+
+
+def code_versions(trained: list[dict]) -> str:
+  """The commits the trained runs ran, with their counts; a warning when they differ."""
+  counts = collections.Counter(s.get('commit') or 'unknown' for s in trained)
+  if not counts:
+    return 'no trained runs yet.'
+  listed = ', '.join(f'`{c[:12]}` ({n} run{"s" if n > 1 else ""})' for c, n in sorted(counts.items()))
+  if len(counts) == 1:
+    return f'every trained run at commit {listed}.'
+  return (f'runs at {len(counts)} commits: {listed}. A change of the training code between them '
+          'confounds the comparison: check `git diff` between them, or rerun.')
 
 
 def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str) -> str:
