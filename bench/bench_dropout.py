@@ -27,10 +27,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import bench_train  # noqa: E402
 import common  # noqa: E402
-from hbt import sharding  # noqa: E402
 from hbt.model import build  # noqa: E402
 from hbt.model import encoder  # noqa: E402
-from hbt.train import step as step_lib  # noqa: E402
 
 
 def threefry_mask(key, rows, shape, keep):
@@ -44,10 +42,7 @@ MASKS = {'hash (hbt)': encoder.keep_mask, 'threefry per row': threefry_mask}
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--dtype', default='auto')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--pack', type=int, default=4)
-  parser.add_argument('--steps', type=int, default=2)
+  bench_train.step_args(parser)
   parser.add_argument('--rounds', type=int, default=3)
   args = parser.parse_args()
   os.environ.setdefault('HBT_DATA_DIR', str(_BENCH.parents[1] / 'shared' / 'data'))
@@ -55,15 +50,10 @@ def main() -> int:
   config = bench_train.make_config(args, args.dtype, args.pack)
   model = build.load(config.model)
   batch = bench_train.real_batches(config, model.tokenizer, 1, args.pack)[0]
-  mesh = sharding.make_mesh(config.mesh)
-  tx = step_lib.make_optimizer(config.train)
-  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
   steps = {}
   for name, mask in MASKS.items():  # keep_mask is looked up when the step is traced
     encoder.keep_mask = mask
-    state = step_lib.create_state(model.params, tx, shardings, True)
-    fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0,
-                                 rules=config.mesh.rules)
+    state, fn = bench_train.hbt_step(config, model)
     start = time.perf_counter()
     state, m = fn(state, batch)
     float(m['loss'])

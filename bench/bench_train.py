@@ -98,22 +98,36 @@ def time_steps(step, batches, steps: int) -> tuple[float, float]:
   return warmup, (time.perf_counter() - start) / steps
 
 
+def step_args(parser: argparse.ArgumentParser) -> None:
+  """The flags of the single-step benches (profile_step.py, bench_dropout.py)."""
+  parser.add_argument('--dtype', default='auto')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--pack', type=int, default=4)
+  parser.add_argument('--steps', type=int, default=2)
+
+
+def hbt_step(config, model):
+  """(a fresh TrainState, hbt's jitted train step) for `model` under `config`, on one host."""
+  from hbt import sharding  # pylint: disable=g-import-not-at-top
+  from hbt.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(config.mesh)
+  tx = step_lib.make_optimizer(config.train)
+  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
+  state = step_lib.create_state(model.params, tx, shardings, True)
+  fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0,
+                               rules=config.mesh.rules)
+  return state, fn
+
+
 def run_hbt(args, dtype: str, pack_texts: int) -> dict:
   """hbt's jitted train step on the real batches."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from hbt import sharding  # pylint: disable=g-import-not-at-top
   from hbt.model import build  # pylint: disable=g-import-not-at-top
-  from hbt.train import step as step_lib  # pylint: disable=g-import-not-at-top
   compiles = common.CompileCounter()
   config = make_config(args, dtype, pack_texts)
   model = build.load(config.model)
   batches = real_batches(config, model.tokenizer, args.batches, pack_texts)
-  mesh = sharding.make_mesh(config.mesh)
-  tx = step_lib.make_optimizer(config.train)
-  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
-  holder = [step_lib.create_state(model.params, tx, shardings, True)]
-  fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0,
-                               rules=config.mesh.rules)
+  state, fn = hbt_step(config, model)
+  holder = [state]
 
   def step(b):
     holder[0], m = fn(holder[0], b)

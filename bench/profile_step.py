@@ -29,7 +29,6 @@ import numpy as np  # noqa: E402
 
 import bench_train  # noqa: E402
 import common  # noqa: E402
-from hbt import sharding  # noqa: E402
 from hbt.model import build  # noqa: E402
 from hbt.train import step as step_lib  # noqa: E402
 
@@ -98,10 +97,7 @@ def report(title: str, seconds: collections.Counter, wall: float) -> None:
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--dtype', default='auto')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--pack', type=int, default=4)
-  parser.add_argument('--steps', type=int, default=2)
+  bench_train.step_args(parser)
   parser.add_argument('--encode-batch', type=int, default=64)
   parser.add_argument('--encode-length', type=int, default=32)
   parser.add_argument('--trace-dir', default='/tmp/hbt_trace')
@@ -116,12 +112,7 @@ def main() -> int:
   print(f'padding: packed {args.pack} per row {real / padded:.0%} real tokens '
         f'({padded:.0f} padded per step); one text per row, bucketed: {plain[0] / plain[1]:.0%} '
         f'({plain[1]:.0f})', flush=True)
-  mesh = sharding.make_mesh(config.mesh)
-  tx = step_lib.make_optimizer(config.train)
-  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
-  state = step_lib.create_state(model.params, tx, shardings, True)
-  fn = step_lib.jit_train_step(model.module, tx, shardings, mesh, config.train, seed=0,
-                               rules=config.mesh.rules)
+  state, fn = bench_train.hbt_step(config, model)
   batch = batches[0]
   state, m = fn(state, batch)
   float(m['loss'])
