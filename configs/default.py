@@ -79,6 +79,10 @@ def get_config(arg=None):
   config.eval.langs = ''  # Its comma-separated languages; '' means all of the benchmark.
   # How every benchmark evaluator encodes and scores:
   config.eval.batch_tokens = 2048  # Padded tokens per encoding batch (sets each bucket's size).
+  # Texts of up to this many tokens are packed several to a row of this length when encoding
+  # (block-diagonal attention, pooling per text; hbt/eval/encode.py); longer ones, or all if 0,
+  # are padded to length buckets.
+  config.eval.pack_length = 64
   config.eval.chunk_size = 128  # Queries scored at once against the whole pool, per device.
   # Candidates per query in the TREC run files written with each evaluation (eval/trec/); 0: none.
   config.eval.trec_depth = 100

@@ -115,6 +115,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.eval.langs:
     sources.validate_langs(config.eval.benchmark, config.eval.langs, field='config.eval.langs')
   _number(config, 'eval.batch_tokens', 64, integer=True)
+  _number(config, 'eval.pack_length', 0, config.eval.batch_tokens, integer=True)
   _number(config, 'eval.chunk_size', 1, integer=True)
   _number(config, 'eval.trec_depth', 0, integer=True)
   _check(isinstance(config.eval.progress, bool), 'eval.progress', 'must be a bool',

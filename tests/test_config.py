@@ -35,6 +35,7 @@ def test_shipped_configs_validate(name):
     ('eval.benchmark', 'msmarco', 'config.eval.benchmark'),
     ('eval.langs', 'en,klingon', 'config.eval.langs'),
     ('eval.batch_tokens', 0, 'config.eval.batch_tokens'),
+    ('eval.pack_length', -1, 'config.eval.pack_length'),
     ('train.strategy', 'mixed', 'config.train.strategy'),
     ('train.alpha', 1.5, 'config.train.alpha'),
     ('train.lang_sampling', 'zipf', 'config.train.lang_sampling'),

@@ -151,17 +151,8 @@ def pack(seqs: Sequence[np.ndarray], rows: int, pad_id: int) -> tuple[np.ndarray
     row = totals.index(min(totals))
     members[row].append(i)
     totals[row] += len(seqs[i])
-  length = buckets.packed_length(max(totals, default=1))
-  tokens = np.full((rows, length), pad_id, np.int32)
-  segments = np.zeros((rows, length), np.int32)
-  for row, texts in enumerate(members):
-    at = 0
-    for i in texts:
-      n = len(seqs[i])
-      tokens[row, at:at + n] = seqs[i]
-      segments[row, at:at + n] = i + 1
-      at += n
-  return tokens, segments
+  return tokenizer_lib.fill_packed(seqs, members, buckets.packed_length(max(totals, default=1)),
+                                    pad_id)
 
 
 def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int,

@@ -203,7 +203,8 @@ def score(beir_set: BeirSet, queries: np.ndarray, corpus: np.ndarray, *, mesh=No
 
 
 def evaluate_model(encode_fn, params, tokenizer, beir_set: BeirSet, *, batch_tokens: int,
-                   mesh, chunk_size: int = 128, progress: bool = True) -> dict:
+                   mesh, pack_length: int = 0, chunk_size: int = 128,
+                   progress: bool = True) -> dict:
   """Encodes the queries and the corpus (one length-sorted stream), scores them (`score`).
 
   Every process calls it; every process gets the results, with 'timing' as `run.evaluate_model`.
@@ -213,7 +214,8 @@ def evaluate_model(encode_fn, params, tokenizer, beir_set: BeirSet, *, batch_tok
   token_ids += tokenizer.encode(list(beir_set.passages), 'passage')
   embeddings = encode.encode_texts(
       encode_fn, params, token_ids, tokenizer.pad_id, batch_tokens=batch_tokens,
-      max_length=tokenizer.max_length, multiple=sharding.data_parallel_size(mesh),
+      max_length=tokenizer.max_length, pack_length=pack_length,
+      multiple=sharding.data_parallel_size(mesh),
       batch_sharding=sharding.batch_sharding(mesh), desc=beir_set.name, progress=progress)
   encoded = time.perf_counter()
   num_queries = len(beir_set.queries)

@@ -47,17 +47,21 @@ PAIR_METRICS = ('ap', 'mrr', 'recall@1', 'recall@10', 'ndcg@10')
 MULTI_METRICS = PAIR_METRICS + ('rank_min', 'rank_max')
 # Candidates of every language compared at once: [chunk, L, L, 128] comparisons per step.
 SCORE_BLOCK_SIZE = 128
+# XLA's CPU top_k is one single-threaded call: each chunk's runs on this many slices of its queries,
+# independent calls that XLA runs at once on several cores.
+TOP_K_PARTS = 4
 
 
 def encode_benchmark(encode_fn, params, tokenizer, benchmark: types.Benchmark, *,
-                     batch_tokens: int, multiple: int = 1, batch_sharding=None,
-                     progress: bool = True):
+                     batch_tokens: int, pack_length: int = 0, multiple: int = 1,
+                     batch_sharding=None, progress: bool = True):
   """{lang: (query embeddings [Q, D], candidate embeddings [N, D])}, and the token count.
 
   All texts of the benchmark (every language; questions with the query prefix, candidates with the
   passage prefix) are encoded as one length-sorted stream, so each length bucket ends in at most
-  one part-filled batch; the embeddings are then scattered back to their language and kind.
-  `batch_sharding` is passed to `encode.encode_texts`.
+  one part-filled batch (packed rows of `pack_length` tokens hold several texts, of any language
+  and kind); the embeddings are then scattered back to their language and kind. `pack_length` and
+  `batch_sharding` are passed to `encode.encode_texts`.
   """
   token_ids, spans = [], []
   for lang in benchmark.langs:
@@ -68,7 +72,8 @@ def encode_benchmark(encode_fn, params, tokenizer, benchmark: types.Benchmark, *
       spans.append((lang, start, len(token_ids)))
   embeddings = encode.encode_texts(encode_fn, params, token_ids, tokenizer.pad_id,
                                    batch_tokens=batch_tokens, max_length=tokenizer.max_length,
-                                   multiple=multiple, batch_sharding=batch_sharding,
+                                   pack_length=pack_length, multiple=multiple,
+                                   batch_sharding=batch_sharding,
                                    desc=benchmark.name, progress=progress)
   out = {}
   for lang, start, end in spans:
@@ -78,15 +83,24 @@ def encode_benchmark(encode_fn, params, tokenizer, benchmark: types.Benchmark, *
 
 def relevant_matrix(benchmark: types.Benchmark, query_lang: str, offsets: dict[str, int]):
   """int32 [Q, L]: pool index of each query's answer in every language, -1 where it lacks it."""
-  split = benchmark[query_lang]
-  rel = np.full((len(split.query_ids), len(benchmark.langs)), -1, np.int32)
+  qids = np.asarray(benchmark[query_lang].query_ids)
+  rel = np.full((len(qids), len(benchmark.langs)), -1, np.int32)
   for j, lang in enumerate(benchmark.langs):
     target = benchmark[lang]
-    for i, qid in enumerate(split.query_ids):
-      answer = target.answer_of(qid)
-      if answer is not None:
-        rel[i, j] = offsets[lang] + answer
+    known = np.asarray(target.query_ids)
+    if not len(known) or not len(qids):
+      continue
+    order = np.argsort(known, kind='stable')  # a repeated id: its last entry, as answer_of
+    at = np.searchsorted(known, qids, side='right', sorter=order) - 1
+    found = (at >= 0) & (known[order[np.maximum(at, 0)]] == qids)
+    rel[found, j] = offsets[lang] + np.asarray(target.answer)[order[at[found]]]
   return rel
+
+
+def _top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """jax.lax.top_k of scores [C, ...] over the last axis, on TOP_K_PARTS row slices at once."""
+  parts = [jax.lax.top_k(x, k) for x in jnp.array_split(scores, min(TOP_K_PARTS, len(scores)))]
+  return tuple(jnp.concatenate(x) for x in zip(*parts))
 
 
 def local_mesh() -> Mesh:
@@ -126,7 +140,7 @@ def _score_pool(queries, relevant, pool, sizes, *, mesh, chunk_size, top_k,
       scores = jnp.where(real, scores, -jnp.inf)
       out = {'ahead': metrics.segment_counts(scores, rel, block_size=block_size)}
       if top_k:
-        out['top_values'], out['top_index'] = jax.lax.top_k(scores, top_k)
+        out['top_values'], out['top_index'] = _top_k(scores, top_k)
       return out
 
     return metrics.map_row_chunks(chunk, (queries, relevant), chunk_size)

@@ -16,9 +16,11 @@ from hbt.model import build
 
 
 def make_encode_fn(module, mesh):
-  """jit(params, ids, mask) -> embeddings, with the batch split over the mesh's 'data' axis."""
+  """jit(params, ids, mask[, num_texts]) -> embeddings, with the batch split over the mesh's
+  'data' axis; num_texts (static, positional): the texts of packed rows (see hbt.eval.encode)."""
   batch = sharding.batch_sharding(mesh)
-  return jax.jit(lambda params, ids, mask: module.apply({'params': params}, ids, mask),
+  return jax.jit(lambda params, ids, mask, num_texts=None: module.apply(
+      {'params': params}, ids, mask, num_texts=num_texts), static_argnums=3,
                  in_shardings=(None, batch, batch), out_shardings=batch)
 
 
@@ -37,15 +39,17 @@ def evaluate_model(config, encode_fn, params, tokenizer, mesh, benchmark=None,
     benchmark = load_eval_benchmark(config)
   if isinstance(benchmark, beir.BeirSet):
     return dict(beir.evaluate_model(encode_fn, params, tokenizer, benchmark,
-                                    batch_tokens=config.eval.batch_tokens, mesh=mesh,
+                                    batch_tokens=config.eval.batch_tokens,
+                                    pack_length=config.eval.pack_length, mesh=mesh,
                                     chunk_size=config.eval.chunk_size,
                                     progress=config.eval.progress),
                 model=build.describe(config.model))
   start = time.perf_counter()
   embeddings, tokens = evaluate.encode_benchmark(
       encode_fn, params, tokenizer, benchmark,
-      batch_tokens=config.eval.batch_tokens, multiple=sharding.data_parallel_size(mesh),
-      batch_sharding=sharding.batch_sharding(mesh), progress=config.eval.progress)
+      batch_tokens=config.eval.batch_tokens, pack_length=config.eval.pack_length,
+      multiple=sharding.data_parallel_size(mesh), batch_sharding=sharding.batch_sharding(mesh),
+      progress=config.eval.progress)
   encoded = time.perf_counter()
   results = evaluate.score(benchmark, embeddings, mesh=mesh, chunk_size=config.eval.chunk_size,
                            top_k=config.eval.trec_depth if trec_depth is None else trec_depth)

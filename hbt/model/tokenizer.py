@@ -81,3 +81,19 @@ def pad_batch(seqs: list[np.ndarray], length: int, pad_id: int) -> tuple[np.ndar
     ids[i, :len(s)] = s
     mask[i, :len(s)] = 1
   return ids, mask
+
+
+def fill_packed(seqs: list[np.ndarray], members: list[list[int]], length: int,
+                pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Packed rows (tokens, text ids), int32 [len(members), length]: row r holds seqs[i] for i in
+  members[r], in that order, its tokens marked i + 1; padding 0 (an empty row is all padding)."""
+  tokens = np.full((len(members), length), pad_id, np.int32)
+  segments = np.zeros((len(members), length), np.int32)
+  for row, texts in enumerate(members):
+    at = 0
+    for i in texts:
+      n = len(seqs[i])
+      tokens[row, at:at + n] = seqs[i]
+      segments[row, at:at + n] = i + 1
+      at += n
+  return tokens, segments

@@ -125,7 +125,8 @@ def _model_clusters(config, model, mesh, pairs, encode_fn, inputs: dict) -> dict
       encode_fn, model.params,
       model.tokenizer.encode([pairs.positive(lang, i) for lang, i in keys], 'passage'),
       model.tokenizer.pad_id, batch_tokens=config.eval.batch_tokens,
-      max_length=model.tokenizer.max_length, multiple=sharding.data_parallel_size(mesh),
+      max_length=model.tokenizer.max_length, pack_length=config.eval.pack_length,
+      multiple=sharding.data_parallel_size(mesh),
       batch_sharding=sharding.batch_sharding(mesh), desc='clusters',
       progress=config.eval.progress)
   langs, similarity = clusters_lib.similarity(dict(zip(keys, vectors)), shared)
