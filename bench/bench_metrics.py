@@ -14,21 +14,32 @@ answering two questions), and quantised to multiples of 2^-9: every dot product 
 float32 whatever the summation order, so hbt and pytrec_eval (given float64 scores) rank alike, ties
 included, and their per-query figures must agree to 1e-6.
 
-Run stand-alone: `python bench/bench_metrics.py`. Timings on a shared machine vary; compare only
-figures from one run.
+`--baseline REV` (e.g. main) times evaluate.score of that git revision's hbt/ too, in a child process
+on the same pool, before the current one, prints the two side by side and checks that every figure
+(per-query, per-pair, summaries, top candidates) is identical.
+
+Run stand-alone: `python bench/bench_metrics.py [--baseline main]`. Timings on a shared machine
+vary; compare only figures from one run.
 """
 
 import argparse
+import hashlib
+import json
+import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import numpy as np
 import pytrec_eval
 
-if __package__ in (None, ''):  # Run as a script: make the repo importable.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if __package__ in (None, ''):  # Run as a script: make the repo (or a baseline's hbt/) importable.
+  sys.path.insert(0, sys.argv[sys.argv.index('--hbt-root') + 1] if '--hbt-root' in sys.argv
+                  else str(_ROOT))
 
 from hbt.data import types  # noqa: E402
 from hbt.eval import evaluate  # noqa: E402
@@ -218,6 +229,53 @@ def bench_metrics(query_emb: np.ndarray,
   }
 
 
+def digest(results: dict) -> str:
+  """A hash of every figure of evaluate.score's results (per query, per pair, summaries, top)."""
+  h = hashlib.sha256()
+
+  def walk(value):
+    if isinstance(value, dict):
+      for k in sorted(value):
+        h.update(str(k).encode())
+        walk(value[k])
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v)
+    else:
+      array = np.asarray(value)
+      h.update(str(array.dtype).encode() + array.tobytes())
+
+  walk({k: v for k, v in results.items() if k != 'group_metric'})
+  return h.hexdigest()
+
+
+def time_score(chunk_size: int, top_k: int, repeats: int, seed: int) -> dict:
+  """evaluate.score of the importable hbt on make_pool's pool: first call, steady state, digest."""
+  queries, candidates, relevant = make_pool(seed=seed)
+  benchmark, embeddings = as_benchmark(queries, candidates, relevant, XQUAD_R_SIZES)
+  score = lambda: evaluate.score(benchmark, embeddings, chunk_size=chunk_size, top_k=top_k)
+  results, first = _timed(score)
+  steady = min(_timed(score)[1] for _ in range(repeats))
+  return {'first_s': first, 'steady_s': steady, 'digest': digest(results),
+          'load': os.getloadavg()[0]}
+
+
+def time_baseline(rev: str, args) -> dict:
+  """time_score of git revision `rev`'s hbt/, in a child process (this script, --hbt-root)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    archive = subprocess.run(['git', '-C', str(_ROOT), 'archive', rev, 'hbt'], check=True,
+                             capture_output=True).stdout
+    subprocess.run(['tar', '-x', '-C', tmp], input=archive, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, '--hbt-root', tmp, '--time-only', '--chunk-size',
+         str(args.chunk_size), '--top-k', str(args.top_k), '--repeats', str(args.repeats),
+         '--seed', str(args.seed)], capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  if proc.returncode or not lines:
+    raise RuntimeError(f'baseline {rev} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}')
+  return json.loads(lines[-1][len('RESULT '):])
+
+
 def machine() -> str:
   """The CPU model, its fast-bf16 flags, the core count and the load average, on one line."""
   m = summary_lib.machine()
@@ -257,13 +315,33 @@ def main() -> int:
   parser.add_argument('--top-k', type=int, default=TREC_DEPTH)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--baseline', default='',
+                      help='a git revision whose evaluate.score is timed too, side by side')
+  parser.add_argument('--hbt-root', help=argparse.SUPPRESS)  # the hbt to import (a baseline's)
+  parser.add_argument('--time-only', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.time_only:
+    print('RESULT ' + json.dumps(time_score(args.chunk_size, args.top_k, args.repeats, args.seed)))
+    return 0
   print(f'machine at start: {machine()}', flush=True)
+  before = time_baseline(args.baseline, args) if args.baseline else None
+  if before:
+    print(f"baseline {args.baseline}: evaluate.score first call {before['first_s']:.2f} s, steady "
+          f"{before['steady_s']:.2f} s (load average {before['load']:.2f})", flush=True)
+    now = time_score(args.chunk_size, args.top_k, args.repeats, args.seed)
   queries, candidates, relevant = make_pool(seed=args.seed)
   result = bench_metrics(queries, candidates, relevant, args.pytrec_queries,
                          chunk_size=args.chunk_size, top_k=args.top_k, repeats=args.repeats,
                          seed=args.seed)
   print_report(result)
+  if before:
+    same = before['digest'] == now['digest']
+    print(f"side by side, evaluate.score steady state: {args.baseline} {before['steady_s']:.2f} s "
+          f"(load {before['load']:.2f}), this tree {now['steady_s']:.2f} s (load "
+          f"{now['load']:.2f}): {before['steady_s'] / now['steady_s']:.2f}x; first call "
+          f"{before['first_s']:.2f} s vs {now['first_s']:.2f} s; every figure "
+          f"{'identical' if same else 'DIFFERENT'}")
+    return 0 if result['agree'] and same else 1
   return 0 if result['agree'] else 1
 
 

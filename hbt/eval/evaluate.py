@@ -47,9 +47,6 @@ PAIR_METRICS = ('ap', 'mrr', 'recall@1', 'recall@10', 'ndcg@10')
 MULTI_METRICS = PAIR_METRICS + ('rank_min', 'rank_max')
 # Candidates of every language compared at once: [chunk, L, L, 128] comparisons per step.
 SCORE_BLOCK_SIZE = 128
-# XLA's CPU top_k is one single-threaded call: each chunk's runs on this many slices of its queries,
-# independent calls that XLA runs at once on several cores.
-TOP_K_PARTS = 4
 
 
 def encode_benchmark(encode_fn, params, tokenizer, benchmark: types.Benchmark, *,
@@ -97,12 +94,6 @@ def relevant_matrix(benchmark: types.Benchmark, query_lang: str, offsets: dict[s
   return rel
 
 
-def _top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  """jax.lax.top_k of scores [C, ...] over the last axis, on TOP_K_PARTS row slices at once."""
-  parts = [jax.lax.top_k(x, k) for x in jnp.array_split(scores, min(TOP_K_PARTS, len(scores)))]
-  return tuple(jnp.concatenate(x) for x in zip(*parts))
-
-
 def local_mesh() -> Mesh:
   """A one-device mesh of this process's first local device."""
   return Mesh(np.asarray(jax.local_devices()[:1]), ('data',))
@@ -140,7 +131,7 @@ def _score_pool(queries, relevant, pool, sizes, *, mesh, chunk_size, top_k,
       scores = jnp.where(real, scores, -jnp.inf)
       out = {'ahead': metrics.segment_counts(scores, rel, block_size=block_size)}
       if top_k:
-        out['top_values'], out['top_index'] = _top_k(scores, top_k)
+        out['top_values'], out['top_index'] = jax.lax.top_k(scores, top_k)
       return out
 
     return metrics.map_row_chunks(chunk, (queries, relevant), chunk_size)
