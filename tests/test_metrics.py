@@ -1,5 +1,6 @@
 """Tests of hbt.eval.metrics against pytrec_eval and NumPy references."""
 
+import jax
 import numpy as np
 import pytest
 import pytrec_eval
@@ -180,3 +181,29 @@ def test_summarize():
   masked = metrics.summarize(per_query, mask=np.array([True, True, False]))
   assert masked == pytest.approx({'ap': 0.75, 'rank_min': 1.5, 'rank_max': 3.0,
                                   'rank_distance': 1.5})
+
+
+def test_kth_largest_matches_numpy():
+  rng = np.random.default_rng(3)
+  x = (np.round(rng.standard_normal((50, 37)) * 4) / 4 + 0.0).astype(np.float32)  # many ties
+  x[:5, 20:] = -np.inf
+  for k in (1, 7, 20, 37):
+    want = -np.sort(-x, axis=-1)[:, k - 1]
+    np.testing.assert_array_equal(np.asarray(metrics.kth_largest(x, k)), want)
+
+
+@pytest.mark.parametrize('k,block_size', [(10, 8), (30, 4), (7, 3)])
+def test_top_k_equals_a_stable_sort(k, block_size):
+  """Values and indices of a stable descending sort (ties: lower index first); -inf padding of a
+  short row; jax.lax.top_k's output exactly, signed zeros included."""
+  rng = np.random.default_rng(4)
+  scores = (np.round(rng.standard_normal((6, 3, 101)) * 8) / 8 + 0.0).astype(np.float32)  # no -0
+  scores[:, 1, 40:] = -np.inf  # a short segment: more blocks of -inf than k allows for
+  order = np.argsort(-scores, axis=-1, kind='stable')[..., :k]
+  values, index = metrics.top_k(scores, k, block_size)
+  np.testing.assert_array_equal(np.asarray(index), order)
+  np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(scores, order, -1))
+  scores[0, 0, :50] = 0.0
+  scores[0, 0, ::3] = -0.0
+  for got, want in zip(metrics.top_k(scores, k, block_size), jax.lax.top_k(scores, k)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -131,7 +131,7 @@ def _score_pool(queries, relevant, pool, sizes, *, mesh, chunk_size, top_k,
       scores = jnp.where(real, scores, -jnp.inf)
       out = {'ahead': metrics.segment_counts(scores, rel, block_size=block_size)}
       if top_k:
-        out['top_values'], out['top_index'] = jax.lax.top_k(scores, top_k)
+        out['top_values'], out['top_index'] = metrics.top_k(scores, top_k)
       return out
 
     return metrics.map_row_chunks(chunk, (queries, relevant), chunk_size)

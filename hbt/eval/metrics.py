@@ -44,6 +44,7 @@ NDCG_CUTOFF = 10
 # materialised), of which only [256, 11, CANDIDATE_BLOCK_SIZE] (6 MB) are held at once.
 DEFAULT_CHUNK_SIZE = 256
 CANDIDATE_BLOCK_SIZE = 512
+TOP_K_BLOCK_SIZE = 8  # `top_k`'s blocks (the fastest of 4, 8, 16 at XQuAD-R's pool, k = 100)
 METRIC_NAMES = ('ap', 'recall@1', 'recall@10', 'mrr', 'ndcg@10', 'rank_min', 'rank_max')
 # The same measures in trec_eval (pytrec_eval), the reference they are tested against.
 TREC_EVAL_NAMES = {'ap': 'map', 'mrr': 'recip_rank', 'recall@1': 'recall_1',
@@ -117,6 +118,47 @@ def segment_counts(scores: jax.Array,
   starts = jnp.arange(num_blocks, dtype=jnp.int32) * block
   counts, _ = jax.lax.scan(count_block, zeros, starts)
   return jnp.where(valid[:, :, None], counts, 0)
+
+
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
+  """The k-th largest value of x [..., n] (float32, no NaN) along its last axis, by bisection.
+
+  32 vectorised counting passes over order-preserving integer keys (-0.0 below +0.0), no sort.
+  """
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+  def step(i, result):  # the largest key v so far with #{keys >= v} >= k, one bit at a time
+    candidate = result | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(jnp.sum(keys >= candidate[..., None], axis=-1) >= k, candidate, result)
+
+  key = jax.lax.fori_loop(0, 32, step, jnp.zeros(x.shape[:-1], jnp.uint32), unroll=True)
+  return jax.lax.bitcast_convert_type(
+      jnp.where(key >> 31 == 1, key & jnp.uint32(0x7fffffff), ~key), jnp.float32)
+
+
+def top_k(scores: jax.Array, k: int, block_size: int = TOP_K_BLOCK_SIZE):
+  """jax.lax.top_k(scores, k) along the last axis (values, indices), the same output, faster.
+
+  XLA's CPU top_k is a partial sort of each row; most of its time goes to keeping a heap of the
+  best k so far. The k-th largest of the maxima of blocks of `block_size` scores, T, is at most the
+  k-th largest score (k blocks each hold a score >= T), so masking every score below T with -inf
+  changes no output (ties keep their positions) and leaves the heap about k scores to take in.
+
+  Args:
+    scores: float32 [..., N] (finite or -inf).
+    k: how many (<= N).
+    block_size: scores per block.
+  """
+  size = scores.shape[-1]
+  num_blocks = -(-size // block_size)
+  if num_blocks < k:
+    return jax.lax.top_k(scores, k)
+  pad = [(0, 0)] * (scores.ndim - 1) + [(0, num_blocks * block_size - size)]
+  block_max = jnp.pad(scores, pad, constant_values=-jnp.inf).reshape(
+      *scores.shape[:-1], num_blocks, block_size).max(-1)
+  threshold = kth_largest(block_max, k)[..., None]
+  return jax.lax.top_k(jnp.where(scores >= threshold, scores, -jnp.inf), k)
 
 
 def relevant_ranks(scores: jax.Array,
