@@ -259,7 +259,7 @@ def main() -> int:
   parser.add_argument('--dtype', default='both', choices=('both',) + DTYPES,
                       help='dtype(s) of hbt and the torch peer')
   parser.add_argument('--batch-tokens', type=int, default=2048, help='padded tokens per hbt batch')
-  parser.add_argument('--pack-lengths', default='128',
+  parser.add_argument('--pack-lengths', default='64',
                       help="comma-separated row lengths of 'hbt packed' engines (besides 'hbt "
                            "buckets'); '' for none")
   parser.add_argument('--peer-batch', type=int, default=32,
