@@ -107,9 +107,14 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   config.eval.langs = 'en'
   out = loop.run(config, tmp_path)
   assert out['zero_shot']['langs'] == ['en'] and (eval_dir / 'xquad_r.json').exists()
-  trained_en = after['pairs']['en-en']['ap']
-  assert json.loads((eval_dir / 'xquad_r.json').read_text())['pairs']['en-en']['ap'] == \
-      pytest.approx(trained_en, abs=1e-6)
+  evaluated = json.loads((eval_dir / 'xquad_r.json').read_text())
+  before = json.loads((eval_dir / 'xquad_r_before.json').read_text())
+  # Not bitwise: encoding en alone batches the texts otherwise than en, de, th together (float
+  # rounding), and the tiny random model's near-ties flip (seen: 4e-5). The pretrained model is
+  # 7e-4 away: eval mode evaluated the trained checkpoint.
+  ap = evaluated['pairs']['en-en']['ap']
+  assert ap == pytest.approx(after['pairs']['en-en']['ap'], abs=1e-4)
+  assert abs(ap - before['pairs']['en-en']['ap']) > 3e-4
 
 
 def test_nan_loss_stops_with_message(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
