@@ -324,7 +324,7 @@ def table_language_mix(runs: Runs) -> str:
       masked = mean_std([(s.get('false_negatives') or {}).get('per_batch') for s in group])[0]
       rows.append([arm_label(runs.spec, arm), f'{mix["pairs"]:,}', f'{mix["with_english"]:.0%}',
                    f'{mix["same_language"]:.0%}', str(mix['distinct_pairs']),
-                   '–' if not np.isfinite(masked) else f'{masked:.1f}',
+                   '–' if not np.isfinite(masked) else f'{masked:.2f}',
                    ', '.join(f'{k} {v:.0%}' for k, v in top)])
     if rows:
       parts.append(f'**{runs.label(d)}**\n\n' + _table(
