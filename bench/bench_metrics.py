@@ -44,6 +44,7 @@ if __package__ in (None, ''):  # Run as a script: make the repo (or a baseline's
 from hbt.data import types  # noqa: E402
 from hbt.eval import evaluate  # noqa: E402
 from hbt.eval import metrics  # noqa: E402
+from hbt.eval import report  # noqa: E402
 from hbt.experiments import summary as summary_lib  # noqa: E402
 
 # XQuAD-R: 1,190 questions in 11 languages; the candidate sentences of each language.
@@ -179,7 +180,8 @@ def bench_metrics(query_emb: np.ndarray,
   Returns:
     A dict: hbt_first_s (first call of evaluate.score, compile included), hbt_steady_s,
     device_s (its device pass alone, evaluate.score_pool), device_no_top_s (the same without
-    top_k), pytrec_queries,
+    top_k), trec_s and trec_bytes (writing the TREC run files and qrels of the results,
+    hbt.eval.report.write_trec; None without top_k), pytrec_queries,
     pytrec_subset_s, pytrec_extrapolated_s (linear in queries), ratio (pytrec extrapolated / hbt
     steady), max_abs_diff and agree (pytrec_eval vs hbt on the subset), summary (hbt's multi means).
   """
@@ -194,6 +196,13 @@ def bench_metrics(query_emb: np.ndarray,
                                                   top_k=k)
     device_pass()  # compiles
     device_s[k] = min(_timed(device_pass)[1] for _ in range(repeats))
+  trec_s = None
+  if top_k:  # the TREC run files that evaluation writes with these results (eval/trec/)
+    with tempfile.TemporaryDirectory() as folder:
+      start = time.perf_counter()
+      report.write_trec(folder, results)
+      trec_s = time.perf_counter() - start
+      trec_bytes = sum(f.stat().st_size for f in pathlib.Path(folder).iterdir())
 
   subset = np.sort(np.random.default_rng(seed).choice(num_queries, min(pytrec_queries, num_queries),
                                                       replace=False))
@@ -219,6 +228,8 @@ def bench_metrics(query_emb: np.ndarray,
       'hbt_steady_s': steady,
       'device_s': device_s[top_k],
       'device_no_top_s': device_s[0],
+      'trec_s': trec_s,
+      'trec_bytes': trec_bytes if trec_s is not None else None,
       'pytrec_queries': len(subset),
       'pytrec_subset_s': pytrec_s,
       'pytrec_extrapolated_s': pytrec_extrapolated,
@@ -295,6 +306,9 @@ def print_report(result: dict) -> None:
         f"{result['hbt_first_s']:.2f} s, steady state {result['hbt_steady_s']:.2f} s")
   print(f"  of which the device pass (evaluate.score_pool): {result['device_s']:.2f} s "
         f"({result['device_no_top_s']:.2f} s without top_k)")
+  if result.get('trec_s') is not None:
+    print(f"  then writing the TREC run files and qrels (report.write_trec): {result['trec_s']:.1f} s, "
+          f"{result['trec_bytes'] / 2**20:,.0f} MiB")
   print(f"pytrec_eval, {result['pytrec_queries']} queries x all candidates (run dict building "
         f"included): {result['pytrec_subset_s']:.2f} s")
   print(f"pytrec_eval, EXTRAPOLATED linearly to {result['num_queries']:,} queries: "
