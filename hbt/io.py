@@ -20,9 +20,19 @@ DEFAULT_CACHE_DIR = '~/.cache/hbt'
 
 
 def path(p: epath.PathLike) -> epath.Path:
-  """`p` as an epath.Path: local paths as given (~ expanded), remote URIs with their scheme."""
+  """`p` as an epath.Path: local paths as given (~ expanded), remote URIs with their scheme.
+
+  Raises:
+    ValueError: `p` has a scheme epath does not know (epath's own error is `KeyError: 'x://'`).
+  """
   p = os.fspath(p)
-  return epath.Path(p if '://' in p else os.path.expanduser(p))
+  if '://' not in p:
+    return epath.Path(os.path.expanduser(p))
+  try:
+    return epath.Path(p)
+  except KeyError:
+    raise ValueError(f'{p}: unknown scheme (etils.epath knows gs://, s3://, az://, hf://; a '
+                     'local path has none)') from None
 
 
 def is_local(p: epath.PathLike) -> bool:

@@ -29,3 +29,31 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
   folder = tmp_path_factory.mktemp('tiny_xlmr')
   test_weights.write_checkpoint(folder, 'xlmr')
   return folder
+
+
+@pytest.fixture
+def ram_workdir(monkeypatch, tmp_path) -> str:
+  """A workdir on a non-local file system: `ram://...`, tf.io.gfile's in-memory one.
+
+  etils.epath knows only gs://, s3://, az:// and hf:// (another scheme is a KeyError), so this
+  teaches it `ram://` the way it knows gs:// with TensorFlow installed: through its
+  tf.io.gfile backend. A gs:// workdir then takes the same code paths (epath's tf backend,
+  tf.io.gfile, TFRecord and TensorBoard writers) against another tf.io.gfile file system; GCS
+  itself is never reached. The working directory is `tmp_path`, where a path that lost its scheme
+  would show up as a folder `ram:`. The files are removed afterwards (the file system lives as long
+  as the process).
+  """
+  from etils.epath import backend, gpath, register  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access  (epath has no public way to add a scheme; etils is pinned)
+  monkeypatch.setitem(register._URI_PREFIXES_TO_CLS, 'ram://', gpath.PosixGPath)
+  monkeypatch.setattr(gpath, '_URI_PREFIXES', gpath._URI_PREFIXES + ('ram://',))
+  monkeypatch.setattr(gpath, '_URI_SCHEMES', gpath._URI_SCHEMES | {'ram'})
+  monkeypatch.setitem(gpath._URI_MAP_ROOT, 'ram://', '/ram/')
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, 'ram', backend.tf_backend)
+  # pylint: enable=protected-access
+  monkeypatch.chdir(tmp_path)
+  root = f'ram://hbt-{tmp_path.name}'
+  yield root
+  if tf.io.gfile.exists(root):
+    tf.io.gfile.rmtree(root)

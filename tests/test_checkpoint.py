@@ -1,11 +1,14 @@
 """Checkpoint retention (N latest plus the best by validation loss) and exact restore."""
 
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+import tensorstore as ts
 
 from hbt.train import checkpoint
 from hbt.train import step as step_lib
@@ -113,3 +116,27 @@ def test_checkpoints_without_fields_are_refused(tmp_path):
   save_and_wait(tmp_path, state_at(1))
   with pytest.raises(ValueError, match='holds checkpoints but no run_fields.json'):
     checkpoint.bind_fields(tmp_path, FIELDS)
+
+
+def test_gs_checkpoints_go_to_tensorstores_gcs_driver(tmp_path, monkeypatch):
+  """What orbax would open for a gs:// workdir, checked without GCS (never reached from here).
+
+  The checkpoint folder keeps its scheme (a local one is made absolute), and the tensorstore spec
+  orbax builds for a checkpoint's arrays there is the gcs driver on that bucket and path, a driver
+  of this tensorstore build (tensorstore writes no tf.io.gfile file system, hence test_train's
+  ram:// run keeping checkpoints local).
+  """
+  monkeypatch.chdir(tmp_path)
+  folder = checkpoint.checkpoint_dir('gs://bucket/runs/x')
+  assert os.fspath(folder) == 'gs://bucket/runs/x/checkpoints'
+  assert os.fspath(checkpoint.checkpoint_dir('runs/x')) == str(tmp_path / 'runs/x/checkpoints')
+  info = ocp.type_handlers.ParamInfo(  # what orbax's ArrayHandler writes params.w of step 4 with
+      name='params.w', parent_dir=folder / '4' / 'default', is_ocdbt_checkpoint=True,
+      ts_context=ocp.serialization.tensorstore_utils.get_ts_context())
+  spec = ocp.type_handlers.get_json_tspec_write(info, use_ocdbt=True, global_shape=(3, 2),
+                                                local_shape=(3, 2), dtype=np.dtype('float32'),
+                                                process_index=0)
+  kvstore = ts.KvStore.Spec(spec['kvstore']).to_json()  # a driver unknown to tensorstore raises
+  assert kvstore['driver'] == 'ocdbt'
+  assert kvstore['base'] == {'driver': 'gcs', 'bucket': 'bucket',
+                             'path': 'runs/x/checkpoints/4/default/ocdbt.process_0/'}

@@ -5,6 +5,7 @@ import os
 
 from etils.epath import backend
 import pytest
+import tensorflow as tf
 
 from hbt import io
 
@@ -17,6 +18,25 @@ def test_remote_paths_keep_their_scheme(tmp_path):
   assert io.path(tmp_path)._backend is backend.os_backend  # pylint: disable=protected-access
   assert io.is_local(tmp_path) and os.fspath(io.path(tmp_path)) == str(tmp_path)
   assert os.fspath(io.path('~/x')) == os.path.expanduser('~/x')
+
+
+def test_unknown_scheme_is_a_value_error_naming_the_path(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r'gcs://b/x: unknown scheme \(etils.epath knows gs://'):
+    io.path('gcs://b/x')  # epath's own error: KeyError: 'gcs://'
+  assert not list(tmp_path.iterdir())
+
+
+def test_atomic_writes_and_reads_on_a_non_local_file_system(ram_workdir, tmp_path):
+  root = io.path(ram_workdir)
+  assert not io.is_local(root) and os.fspath(root / 'sub') == f'{ram_workdir}/sub'
+  io.write_json(root / 'sub' / 'r.json', {'a': 1})
+  io.write_json(f'{ram_workdir}/sub/r.json', {'a': 2})
+  io.write_atomic(root / 'sub' / 'r.jsonl', b'{"a": 1}\n\n{"a": 2}\n')
+  assert io.read_json(root / 'sub' / 'r.json') == {'a': 2}
+  assert list(io.read_jsonl(root / 'sub' / 'r.jsonl')) == [(1, {'a': 1}), (3, {'a': 2})]
+  assert sorted(tf.io.gfile.listdir(f'{ram_workdir}/sub')) == ['r.json', 'r.jsonl']  # no temporary
+  assert not list(tmp_path.iterdir())  # the working directory: nothing under a folder 'ram:'
 
 
 def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path):

@@ -117,6 +117,70 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   assert abs(ap - before['pairs']['en-en']['ap']) > 3e-4
 
 
+def test_remote_workdir_holds_every_file_and_resumes(tiny_checkpoint, data_dir, tmp_path,
+                                                     ram_workdir, monkeypatch):
+  """The main job on a non-local workdir (`ram://`, see the fixture), then resumed there: shards,
+  clusters.json, metrics.jsonl, TensorBoard events and eval reports go through epath and
+  tf.io.gfile, and are read back from there.
+
+  Checkpoints (and their run_fields.json) excepted: orbax writes arrays with tensorstore, whose
+  kvstores are local files or gs:// (its gcs driver: test_checkpoint.py::
+  test_gs_checkpoints_go_to_tensorstores_gcs_driver), never tf.io.gfile's ram://, so here they go
+  to a local folder.
+  """
+  local_ckpt = io.path(tmp_path / 'local' / 'checkpoints')
+  monkeypatch.setattr(checkpoint, 'checkpoint_dir', lambda workdir: local_ckpt)
+  root = io.path(ram_workdir)
+  config = tiny_config(tiny_checkpoint, data_dir, 4, **{'train.lang_clusters': 'a:en,de;b:es'})
+  loop.run(config, ram_workdir)
+
+  def names(folder):
+    return sorted(p.name for p in io.path(folder).iterdir())
+
+  assert names(root) == ['clusters.json', 'eval', 'metrics.jsonl', 'shards', 'tensorboard']
+  [shard_dir] = list((root / 'shards').iterdir())
+  manifest = io.read_json(shard_dir / 'manifest.json')
+  assert names(shard_dir) == sorted(['manifest.json', *manifest['shards']])  # no temporaries
+  assert io.read_json(root / 'clusters.json')['source'] == 'config'
+  eval_files = set(names(root / 'eval'))
+  for name in ('xquad_r_before', 'xquad_r_after'):
+    assert {f'{name}.json', f'{name}.png', f'{name}_per_query.npz'} <= eval_files
+  assert {'summary.json', 'trec', 'val_map_step3.json'} <= eval_files
+  assert not any(n.startswith('.') for n in eval_files)
+  after = io.read_json(root / 'eval' / 'xquad_r_after.json')
+  per_query = eval_report.read_per_query(root / 'eval' / 'xquad_r_after_per_query.npz')
+  assert per_query['langs'] == after['langs'] == ['en', 'de', 'th']
+  assert np.mean(per_query['pairs']['de-en']['ap']) == pytest.approx(after['pairs']['de-en']['ap'],
+                                                                     abs=1e-6)
+  assert io.read_json(root / 'eval' / 'summary.json')['steps'] == [0, 4]
+  assert names(root / 'tensorboard')[0].startswith('events.out.tfevents.')
+  assert sorted(values(read_metrics(root), 'train/loss')) == [2, 4]
+  assert names(local_ckpt) == ['2', '4', 'run_fields.json']
+  # The OCDBT layout test_gs_checkpoints_go_to_tensorstores_gcs_driver builds the spec of.
+  assert list((tmp_path / 'local' / 'checkpoints' / '4').rglob('ocdbt.process_0'))
+  assert names(tmp_path) == ['local']  # nothing landed under a scheme-less 'ram:' folder
+
+  # Resume from step 2 (drop checkpoint 4): the shards are read back from ram:// from step 2 on,
+  # and metrics.jsonl loses the lines after step 2, then gets them again.
+  before = read_metrics(root)
+  (tmp_path / 'local' / 'checkpoints' / '4').rename(tmp_path / 'local' / 'dropped4')
+  config.mode = 'train'  # the validation evaluators only
+  results = loop.run(config, ram_workdir)
+  assert results['steps'] == (2, 4)
+  records = read_metrics(root)
+  kept = [r for r in before if r['step'] <= 2]
+  assert records[:len(kept)] == kept
+  assert [r['step'] for r in records if 'train/loss' in r] == [2, 4]
+  # Steps 2 and 3 again, from the same batches (read from step 2 on): the same mean loss.
+  assert values(records, 'train/loss')[4] == pytest.approx(values(before, 'train/loss')[4],
+                                                           rel=1e-5)
+  assert [r['step'] for r in records if 'val/loss' in r] == [0, 2, 4]
+  assert [r['step'] for r in records if 'zero_shot/mono/ap' in r] == [0]  # train mode: no rerun
+  assert names(local_ckpt) == ['2', '4', 'run_fields.json']
+  assert names(root / 'shards') == [shard_dir.name]  # the same batches, none added
+  assert names(tmp_path) == ['local']
+
+
 def test_nan_loss_stops_with_message(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
   """A non-finite loss at step 3 stops the run; the checkpoints before it stay, finite."""
   real = step_lib.jit_train_step
