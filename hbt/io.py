@@ -2,9 +2,10 @@
 JSON Lines, cache.
 
 Every path that may live on remote storage (a `gs://` workdir, shards, checkpoints, reports,
-metrics) goes through `path`, an `etils.epath.Path` (what orbax uses): a local path stays a local path, and
-`gs://bucket/x` keeps its scheme (pathlib would make it a local folder `gs:`) and is read and
-written through tf.io.gfile.
+metrics) goes through `path`, an `etils.epath.Path` (what orbax uses): a local path stays a local
+path, and `gs://bucket/x` keeps its scheme (pathlib would make it a local folder `gs:`) and is read
+and written through tf.io.gfile (checkpoint arrays: by orbax, through tensorstore). Tested on
+tf.io.gfile's in-memory `ram://` file system (tests/conftest.py, `ram_workdir`), never on GCS.
 """
 
 from collections.abc import Iterator
