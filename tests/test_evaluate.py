@@ -331,3 +331,21 @@ def test_one_stream_equals_per_language_encoding(pack_length):
       assert stream[lang][k].shape == (len(texts), ARCH.hidden)
       np.testing.assert_allclose(stream[lang][k], alone, atol=2e-6)
       np.testing.assert_array_equal(again[lang][k], stream[lang][k])
+
+
+def test_trec_scores_keep_every_float32_order_and_tie():
+  """format_scores' text reads back as the same float32 (so trec_eval sees the same order and
+  ties): random magnitudes over the whole float32 range, neighbours of powers of ten, subnormals,
+  signed zeros, and adjacent float32 values."""
+  rng = np.random.default_rng(0)
+  x = (rng.standard_normal(20000) * 10.0 ** rng.integers(-44, 38, 20000)).astype(np.float32)
+  tens = np.float32(10.0) ** np.arange(-37, 38, dtype=np.float32)
+  special = np.concatenate([
+      tens, np.nextafter(tens, np.float32(0)), np.nextafter(tens, np.float32(np.inf)),
+      np.float32([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, 0.5, 0.99999994, 1.0000001, -1.0])])
+  x = np.concatenate([x[np.isfinite(x)], special, -special]).astype(np.float32)
+  text = report.format_scores(x).tobytes().decode()
+  assert len(text) == 15 * len(x)
+  back = np.array([float(text[15 * i:15 * (i + 1)]) for i in range(len(x))])
+  np.testing.assert_array_equal(back.astype(np.float32), x)
+  assert text[:15] == format(float(x[0]), ' .8e')  # printf's '% .8e'

@@ -99,16 +99,74 @@ def _docnos(langs, sizes) -> dict[str, list[str]]:
   return out
 
 
-def _run_lines(qids, values: np.ndarray, index: np.ndarray, docnos) -> list[str]:
-  """TREC run lines 'qid Q0 docno rank score tag' of each query's candidates, best first."""
-  lines = []
-  for qid, vals, idx in zip(qids, values.tolist(), index.tolist()):
-    rank = 0
-    for v, i in zip(vals, idx):
-      if i >= 0:
-        rank += 1
-        lines.append(f'{qid} Q0 {docnos[i]} {rank} {v:.9g} {TREC_RUN_TAG}')
-  return lines
+def _column(strings) -> np.ndarray:
+  """Strings as a uint8 [n, width] array of their UTF-8 bytes, padded with spaces to the longest."""
+  encoded = [str(x).encode() for x in strings]
+  fixed = np.char.ljust(np.asarray(encoded, dtype=np.bytes_), max(1, max(map(len, encoded))))
+  return fixed.view(np.uint8).reshape(len(fixed), -1)
+
+
+# The ASCII digits of 0..999, zero-padded: uint8 [1000, 3].
+_THREE_DIGITS = np.array([list(f'{i:03d}'.encode()) for i in range(1000)], np.uint8)
+
+
+def format_scores(values: np.ndarray) -> np.ndarray:
+  """float32 scores as uint8 [n, 15] ASCII, '%.8e' with a sign column: ' 8.34212240e-01'.
+
+  Nine significant digits tell apart every two float32 values (adjacent ones differ by at least
+  6e-8 relative, 9 digits resolve 1e-8), and the map is monotonic, so the text keeps the scores'
+  order and ties exactly, as trec_eval reads them. Vectorised: no Python formatting per score.
+  """
+  v = np.asarray(values, np.float32).astype(np.float64).reshape(-1)
+  a = np.abs(v)
+  exponent = np.floor(np.log10(np.where(a > 0, a, 1.0))).astype(np.int64)
+  mantissa = np.rint(a * np.power(10.0, 8 - exponent)).astype(np.int64)
+  for _ in range(2):  # log10 may be off by one next to a power of ten; rounding may reach 10^9
+    fix = np.flatnonzero((mantissa >= 10**9) | ((mantissa < 10**8) & (a > 0)))
+    exponent[fix] += np.where(mantissa[fix] >= 10**9, 1, -1)
+    mantissa[fix] = np.rint(a[fix] * np.power(10.0, 8 - exponent[fix]))
+  out = np.empty((len(v), 15), np.uint8)
+  out[:, 0] = np.where(v < 0, ord('-'), ord(' '))
+  top = _THREE_DIGITS[mantissa // 1_000_000]
+  out[:, 1] = top[:, 0]
+  out[:, 2] = ord('.')
+  out[:, 3:5] = top[:, 1:]
+  out[:, 5:8] = _THREE_DIGITS[mantissa // 1000 % 1000]
+  out[:, 8:11] = _THREE_DIGITS[mantissa % 1000]
+  out[:, 11] = ord('e')
+  out[:, 12] = np.where(exponent < 0, ord('-'), ord('+'))
+  out[:, 13:15] = _THREE_DIGITS[np.abs(exponent)][:, 1:]
+  return out
+
+
+def _run_bytes(qids: np.ndarray, values: np.ndarray, index: np.ndarray,
+               docnos: np.ndarray) -> bytes:
+  """TREC run lines 'qid Q0 docno rank score tag' of each query's candidates, best first.
+
+  Args:
+    qids: the Q query ids as a `_column`.
+    values: float32 [Q, k] each query's best scores, best first.
+    index: int32 [Q, k] their candidates (rows of docnos), -1 where none (skipped).
+    docnos: the candidates' docnos as a `_column`.
+
+  Fields are padded with spaces to a fixed width (trec_eval, pytrec_eval and ranx split on
+  whitespace), so that all lines are assembled in NumPy at once.
+  """
+  num, depth = index.shape
+  keep = (index >= 0).reshape(-1)
+  rank = np.cumsum(index >= 0, axis=1).reshape(-1)[keep]
+  rows = np.repeat(np.arange(num), depth)[keep]
+  fields = [qids[rows], b' Q0 ', docnos[index.reshape(-1)[keep]], b' ',
+            _column(range(depth + 1))[rank], b' ', format_scores(values.reshape(-1)[keep]),
+            f' {TREC_RUN_TAG}\n'.encode()]
+  widths = [f.shape[1] if isinstance(f, np.ndarray) else len(f) for f in fields]
+  out = np.empty((len(rows), sum(widths)), np.uint8)
+  start = 0
+  for field, width in zip(fields, widths):
+    out[:, start:start + width] = field if isinstance(field, np.ndarray) else np.frombuffer(
+        field, np.uint8)
+    start += width
+  return out.tobytes()
 
 
 def write_trec(folder, results: dict) -> None:
@@ -142,22 +200,24 @@ def write_trec(folder, results: dict) -> None:
           multi_qrels.setdefault(str(q), set()).add(docnos[lang][a])
   io.write_atomic(folder / 'multi.qrels', ''.join(
       f'{q} 0 {d} 1\n' for q, docs in multi_qrels.items() for d in sorted(docs)).encode())
+  columns = {lang: _column(docnos[lang]) for lang in langs}
+  pool_column = _column(pool_docnos)
   for x in langs:
     entry, best = per_query['queries'][x], top[x]
+    qids = _column(entry['qids'])
     for y, lang in enumerate(langs):
       keep = entry['answers'][:, y] >= 0
-      lines = _run_lines(entry['qids'][keep], best['values'][keep, y], best['index'][keep, y],
-                         docnos[lang])
-      io.write_atomic(folder / f'{x}-{lang}.run', ('\n'.join(lines) + '\n').encode())
+      io.write_atomic(folder / f'{x}-{lang}.run', _run_bytes(
+          qids[keep], best['values'][keep, y], best['index'][keep, y], columns[lang]))
     # The pool's top k is among the languages' top k: merge them. A stable sort keeps tied
     # candidates in language order, then index order (top_k's), which is pool order.
     num = len(entry['qids'])
     values = best['values'].reshape(num, -1)
     pool_index = np.where(best['index'] >= 0, best['index'] + offsets[None, :, None], -1)
     order = np.argsort(-values, axis=1, kind='stable')[:, :results['trec_depth']]
-    lines = _run_lines(entry['qids'], np.take_along_axis(values, order, 1),
-                       np.take_along_axis(pool_index.reshape(num, -1), order, 1), pool_docnos)
-    io.write_atomic(folder / f'multi-{x}.run', ('\n'.join(lines) + '\n').encode())
+    io.write_atomic(folder / f'multi-{x}.run', _run_bytes(
+        qids, np.take_along_axis(values, order, 1),
+        np.take_along_axis(pool_index.reshape(num, -1), order, 1), pool_column))
 
 
 def map_matrix(results: dict) -> np.ndarray:
