@@ -124,6 +124,25 @@ def test_process_slices_concatenate_to_the_global_batch(folder):
     input_pipeline.make_dataset(folder, process_count=3)
 
 
+def _false_negatives(got) -> int:
+  """In a read batch, the (query, candidate) pairs whose candidate is in the query's positive group,
+  the query's own positive aside: candidates are the B positives, then the B * k hard negatives."""
+  groups = got['query_group'].tolist()
+  candidates = got['positive_group'].tolist()
+  if 'negative_group' in got:
+    candidates += got['negative_group'].ravel().tolist()
+  return sum(g == c for i, g in enumerate(groups) for j, c in enumerate(candidates) if j != i)
+
+
+def _check_false_negatives(manifest, read) -> int:
+  """The manifest's false_negatives against a count over the batches read back; their total."""
+  counts = [_false_negatives(got) for got in read]
+  assert manifest['false_negatives'] == {
+      'masked': sum(counts), 'per_batch': pytest.approx(np.mean(counts)),
+      'max_per_batch': max(counts), 'batches_with_any': sum(c > 0 for c in counts)}
+  return sum(counts)
+
+
 def test_manifest_counts(folder, sampler):
   manifest = json.loads((folder / shards.MANIFEST).read_text())
   batches = [sampler.batch(s) for s in range(STEPS)]
@@ -138,6 +157,18 @@ def test_manifest_counts(folder, sampler):
         manifest['buckets'][side]['allowed'])
     assert stats['max'] >= stats['p95'] >= stats['p50'] > 0
   assert sum(manifest['shapes'].values()) == STEPS
+  assert _check_false_negatives(manifest, _read(folder)) == 0  # none in these MLQA-R batches
+
+
+def test_false_negatives_of_shared_answers(tmp_path, data_dir, tokenizer):
+  """XQuAD-R's first 48 ids (16 positive groups): the manifest's false_negatives counts the
+  collisions of the written batches."""
+  full = pairs_lib.from_benchmark(squad_r.load_benchmark('xquad_r', data_dir, ['en', 'de']))
+  pairs = full.subset(set(full.all_ids()[:48]))
+  folder = _prepare(tmp_path, sampler_lib.Sampler(pairs, BATCH, 'hybrid', seed=1), pairs,
+                    tokenizer, num_steps=6)
+  manifest = json.loads((folder / shards.MANIFEST).read_text())
+  assert _check_false_negatives(manifest, _read(folder)) > 0
 
 
 def test_truncation_count_is_exact(folder, sampler, pairs, tokenizer):
@@ -242,6 +273,7 @@ def test_hard_negatives_round_trip(tmp_path, pairs, tokenizer):
         np.concatenate([a['negative_group'], b['negative_group']]), got['negative_group'])
   manifest = json.loads((folder / shards.MANIFEST).read_text())
   assert manifest['lengths']['negative']['num_texts'] == 7 * BATCH * k
+  assert _check_false_negatives(manifest, read) > 0
 
 
 def test_missing_negative_names_the_pair(tmp_path, pairs, tokenizer):
