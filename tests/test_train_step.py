@@ -1,5 +1,8 @@
 """The contrastive loss against NumPy, and the sharded train step (8 devices == 1 device)."""
 
+import collections
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from hbt.model import dtype as dtype_lib
 from hbt.model import encoder
 from hbt.train import loss as loss_lib
 from hbt.train import step as step_lib
@@ -140,16 +144,21 @@ def make_batch(batch=16, lq=8, lp=12, hard=0, seed=0):
   return out
 
 
-def run_steps(devices, config, batches, dropout=0.1):
+def make_step(devices, config, dropout=0.1, dtype=jnp.float32):
+  """(the tiny encoder, its initial TrainState, the jitted train step) over `devices`."""
   mesh = Mesh(np.asarray(devices), ('data',))
-  module = encoder.Encoder(ARCH, dropout_rate=dropout)
+  module = encoder.Encoder(ARCH, dropout_rate=dropout, dtype=dtype)
   dummy = jnp.zeros((1, 4), jnp.int32)
   params = jax.tree.map(np.asarray, nn_unbox(module.init(jax.random.key(0), dummy, dummy)))
   tx = step_lib.make_optimizer(config)
   heads = step_lib.heads(config, module, seed=0)
   shardings = step_lib.state_shardings(module, tx, mesh, RULES, config.freeze_embeddings, heads)
   state = step_lib.create_state({**params, **heads}, tx, shardings, config.freeze_embeddings)
-  fn = step_lib.jit_train_step(module, tx, shardings, mesh, config, seed=0)
+  return module, state, step_lib.jit_train_step(module, tx, shardings, mesh, config, seed=0)
+
+
+def run_steps(devices, config, batches, dropout=0.1, dtype=jnp.float32):
+  _, state, fn = make_step(devices, config, dropout, dtype)
   metrics = []
   for b in batches:
     state, m = fn(state, b)
@@ -196,6 +205,36 @@ def test_grad_cache_accumulation_equals_full_batch(hard, dropout):
   np.testing.assert_allclose(mf[0]['loss'], ma[0]['loss'], rtol=1e-5)
   np.testing.assert_allclose(mf[0]['l2_grads'], ma[0]['l2_grads'], rtol=1e-4)
   assert_trees_close(full, accum, 1e-5)
+
+
+def dot_input_dtypes(lowered) -> collections.Counter:
+  """{(lhs dtype, rhs dtype): count} of the dot_generals of a lowered program (StableHLO)."""
+  return collections.Counter(re.findall(
+      r'stablehlo\.dot_general .*: \(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>\)',
+      lowered.as_text()))
+
+
+def test_bfloat16_step_is_close_to_float32():
+  """config.model.dtype='bfloat16' (the Encoder's dtype, hbt/model/build.py): bf16 matmul inputs
+  forward and backward, f32 accumulation; one step's loss and gradient norm near the f32 step's."""
+  batch = make_batch(hard=1, seed=4)
+  bf16 = jnp.dtype(dtype_lib.resolve('bfloat16'))
+  module, state, fn = make_step(jax.devices()[:1], train_config(), dropout=0.0, dtype=bf16)
+  # Every encoder matmul of the 3 sides (query, positive, hard negative) takes bf16 inputs, and so
+  # do the 2 of its gradient; only the loss's score matmuls stay f32.
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  forward = dot_input_dtypes(jax.jit(module.apply).lower(
+      {'params': step_lib.merge_params(state)}, dummy, dummy))
+  assert set(forward) == {('bf16', 'bf16')}
+  assert dot_input_dtypes(fn.lower(state, batch))[('bf16', 'bf16')] == 3 * 3 * sum(
+      forward.values())
+  got = jax.tree.map(float, fn(state, batch)[1])
+  _, (want,) = run_steps(jax.devices()[:1], train_config(), [batch], dropout=0.0)
+  # The tiny model's matmuls add small terms to an f32 residual stream of embeddings: bf16's
+  # rounding (2^-9 relative) moved the loss by 4e-6 and the gradient norm by 2e-5 (relative).
+  np.testing.assert_allclose(got['loss'], want['loss'], rtol=1e-4)
+  np.testing.assert_allclose(got['l2_grads'], want['l2_grads'], rtol=1e-3)
+  assert got['loss'] != want['loss'] and got['l2_grads'] != want['l2_grads']  # bf16 was used
 
 
 def test_frozen_embeddings_stay_and_others_move():
