@@ -12,6 +12,7 @@ stderr and exit status 2 (a diverged loss: status 3); --verbosity=1 shows the tr
 
 import logging as std_logging
 import os
+import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -82,7 +83,27 @@ def parse_flags(argv):
   except flags.Error as e:
     _stop(e, EXIT_BAD_INPUT)
   except (AttributeError, KeyError) as e:  # config_flags: an override of a field that is not there
-    _stop(f'a --config.* flag names a field the config does not have: {e}', EXIT_BAD_INPUT)
+    _stop(_unknown_field(argv, e), EXIT_BAD_INPUT)
+
+
+def _unknown_field(argv, error: Exception) -> str:
+  """The message of an override config_flags could not find: the --config.* flags naming it.
+
+  config_flags raises AttributeError(KeyError("'field'\\nDid you mean ...?")) or KeyError(...).
+  """
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  first, *hint = str(error.args[0] if error.args else error).splitlines()
+  overrides = [a.partition('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  field = re.fullmatch(r"'([^']+)'", first)  # one level of the path: the flags through it
+  path = re.search(r'Attempting to lookup: (\S+)', first)  # a field under a non-dict value
+  if field:
+    overrides = [f for f in overrides if field[1] in f.split('.')[1:]] or overrides
+    first = f'no field {field[1]!r}'
+  elif path:
+    overrides = [f for f in overrides if f == f'--config.{path[1]}'] or overrides
+  return (f'{", ".join(overrides) or "a --config.* flag"} names a field the config does not '
+          f'have ({"; ".join([first, *hint])})')
 
 
 def main(argv):
