@@ -5,6 +5,7 @@ A 2-layer random XLM-R-like checkpoint (the tiny_checkpoint fixture of conftest)
 checkpoints) and their contents.
 """
 
+import collections
 import json
 
 import jax
@@ -56,7 +57,7 @@ def test_jsonl_writer_reopened_at_a_step_drops_the_later_lines(tmp_path):
 
 
 def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
-  config = tiny_config(tiny_checkpoint, data_dir, 4)
+  config = tiny_config(tiny_checkpoint, data_dir, 4, **{'evals.zero_shot.every': 3})
   results = loop.run(config, str(tmp_path))  # a str workdir, through epath
 
   records = read_metrics(tmp_path)
@@ -65,7 +66,7 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   assert set(values(records, 'train/l2_grads')) == {2, 4}
   assert sorted(values(records, 'val/loss')) == [0, 2, 4]  # step 0, every 2, the last step
   assert sorted(values(records, 'val_map/mono/ap')) == [0, 3, 4]
-  assert sorted(values(records, 'zero_shot/mono/ap')) == [0, 4]  # every 0: first and last only
+  assert sorted(values(records, 'zero_shot/mono/ap')) == [0, 3, 4]
   assert 0 < values(records, 'val/accuracy')[0] <= 1
 
   eval_dir = tmp_path / 'eval'
@@ -77,6 +78,22 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   assert after['step'] == 4
   assert values(records, 'zero_shot/mono/ap')[4] == pytest.approx(after['summary']['mono']['ap'])
   assert (eval_dir / 'val_map_step3.json').exists()
+  # Step 3's benchmark evaluation: its JSON and per-query file, no heatmap, no TREC files.
+  assert sorted(p.name for p in eval_dir.glob('xquad_r_step*')) == [
+      'xquad_r_step3.json', 'xquad_r_step3_per_query.npz']
+  assert json.loads((eval_dir / 'xquad_r_step3.json').read_text())['step'] == 3
+  # TREC run files of the final figures only: the benchmark after training (not before, not
+  # step 3, not val_map), the top config.eval.trec_depth (100) candidates of every query.
+  langs = ('en', 'de', 'th')
+  assert [p.name for p in (eval_dir / 'trec').iterdir()] == ['xquad_r_after']
+  assert sorted(p.name for p in (eval_dir / 'trec' / 'xquad_r_after').iterdir()) == sorted(
+      [f'{x}-{y}.run' for x in langs for y in langs] + [f'multi-{x}.run' for x in langs]
+      + [f'{y}.qrels' for y in langs] + ['multi.qrels'])
+  run = (eval_dir / 'trec' / 'xquad_r_after' / 'en-de.run').read_text().splitlines()
+  per_query = collections.Counter(line.split()[0] for line in run)
+  qids = eval_report.read_per_query(eval_dir / 'xquad_r_after_per_query.npz')['pairs']['en-de']
+  assert sorted(per_query) == sorted(map(str, qids['qids']))
+  assert set(per_query.values()) == {100}
   # val_map reports MRR beside mAP: multi MRR from the best rank of each query, in NumPy (mono
   # and cross have one relevant candidate per query, so there MRR is AP).
   assert sorted(values(records, 'val_map/multi/mrr')) == [0, 3, 4]
@@ -105,8 +122,10 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   # Eval mode on the same workdir evaluates the last checkpoint, and writes eval/xquad_r.json.
   config.mode = 'eval'
   config.eval.langs = 'en'
+  config.eval.trec_depth = 0  # no TREC files
   out = loop.run(config, tmp_path)
   assert out['zero_shot']['langs'] == ['en'] and (eval_dir / 'xquad_r.json').exists()
+  assert [p.name for p in (eval_dir / 'trec').iterdir()] == ['xquad_r_after']
   evaluated = json.loads((eval_dir / 'xquad_r.json').read_text())
   before = json.loads((eval_dir / 'xquad_r_before.json').read_text())
   # Not bitwise: encoding en alone batches the texts otherwise than en, de, th together (float
