@@ -117,8 +117,10 @@ def get_config(arg=None):
   config.train.weight_decay = 0.01
   config.train.warmup_steps = 15  # Linear warmup steps, then linear decay to 0.
   config.train.grad_clip_norm = 1.0  # Global gradient norm clip; 0 disables.
-  # InfoNCE temperature (1.0: plain cosine logits). The paper states none; 0.05 is hbt's choice.
-  config.train.loss_temperature = 0.05
+  # InfoNCE temperature (1.0: plain cosine logits). The paper states none. 0.01 is multilingual-E5's
+  # own training temperature; at 0.05 a 100-step hybrid run lost .038 mono XQuAD-R mAP, at 0.01
+  # .003 (docs/results.md, "Research target").
+  config.train.loss_temperature = 0.01
   config.train.symmetric_loss = False  # Also score positives -> queries (symmetric InfoNCE).
   # Extra alignment terms between parallel translations (InfoNCE across languages, over the
   # cross-lingual pairs of a batch; 0: off; > 0 adds the shards' 'query2' / 'positive2' sides):

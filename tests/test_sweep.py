@@ -191,6 +191,14 @@ def test_sweep_skips_finished_runs_and_resumes(tmp_path):
   with pytest.raises(sweep_lib.SweepError, match=r"train.steps: 4 there, 5 now"):
     sweep_lib.run_sweep(spec(budget={'train.steps': 5, 'train.batch_size': 8}), tmp_path / 'r5',
                         summaries, run_fn=None, log=lambda _: None)
+  # Nor does a changed default of the config (same overrides, another effective temperature).
+  path = summaries / 'mlqa_to_xquad.hybrid.seed0.json.gz'
+  done = summary_lib.read(path)
+  done['budget']['loss_temperature'] = 0.5
+  summary_lib.write(path, done)
+  with pytest.raises(sweep_lib.SweepError,
+                     match=r"\(effective\) train.loss_temperature: 0.5 there, 0.01 now"):
+    sweep_lib.run_sweep(spec(), tmp_path / 'r6', summaries, run_fn=None, log=lambda _: None)
 
 
 def fake_run_recorded(calls):

@@ -212,11 +212,24 @@ def run_subprocess(spec: dict, run: dict, workdir: pathlib.Path, *,
   return summary
 
 
+# The effective settings a summary records (summary.make_summary's 'budget') that a finished run
+# must share with the sweep's run of the same name, whatever the defaults of the code now are.
+BUDGET_KEYS = ('steps', 'batch_size', 'learning_rate', 'warmup_steps', 'loss_temperature',
+               'strategy', 'alpha')
+
+
 def check_finished(run: dict, path: pathlib.Path) -> None:
-  """Raises SweepError if the summary at path was made with another config or other overrides."""
+  """Raises SweepError if the summary at path was made with another config, other overrides, or
+  (a default of the config having changed since) other effective budget settings."""
   done = summary_lib.read(path)
   theirs = {'config': done.get('config'), **done.get('overrides', {})}
   ours = {'config': run['config'], **run['overrides']}
+  if run['arm'] != ZERO_SHOT and 'budget' in done:
+    train = run_config(run).train
+    for key in BUDGET_KEYS:
+      if key in done['budget']:
+        theirs[f'(effective) train.{key}'] = done['budget'][key]
+        ours[f'(effective) train.{key}'] = train[key]
   differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
   if differ:
     raise SweepError(
