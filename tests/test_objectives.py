@@ -195,7 +195,7 @@ def test_parallel_sides_and_language_ids_round_trip(tmp_path, sampler, pairs, to
 def test_sweeps_are_valid_at_the_strategies_budget(path, arms):
   spec = sweep_lib.load_sweep(path)
   assert len(spec['arms']) == arms
-  assert spec['budget'] == sweep_lib.load_sweep('configs/sweeps/strategies.py')['budget']
+  assert spec['budget'] == sweep_lib.load_sweep('configs/sweeps/strategies_t0_01.py')['budget']
 
 
 def test_training_loop_logs_every_term(tiny_checkpoint, data_dir, tmp_path):

@@ -16,8 +16,8 @@ def summaries(tmp_path_factory):
   """Summaries of a toy sweep: hybrid and its twin are 0.08 AP above the two baselines."""
   root = tmp_path_factory.mktemp('sweep')
   spec = test_sweep.spec(
-      arms={a: {'train.strategy': 'hybrid' if a == 'hybrid_twin' else a}
-            for a in (*test_sweep.ARMS, 'hybrid_twin')},
+      arms={**{a: {'train.strategy': a} for a in test_sweep.ARMS},
+            'hybrid_twin': {'train.strategy': 'hybrid', 'train.learning_rate': 1e-5}},
       contrasts=(('hybrid', 'x_x_mono'), ('hybrid', 'hybrid_twin')))
   sweep_lib.run_sweep(spec, root / 'runs', root / 'summaries', run_fn=test_sweep.fake_run,
                       log=lambda _: None)
@@ -46,6 +46,8 @@ def test_tables_hold_means_and_stds_over_seeds(summaries, tmp_path):
     assert re.match(r'^\.\d{3} ± \.\d{3}$', expected)
     assert _row(text, 'hybrid')[column] == expected, setting
   assert _row(text, 'hybrid')[-1] == '3'  # seeds
+  # The twin's learning rate differs: the header says so instead of quoting one run's.
+  assert 'peak learning rate varies by arm (1e-05, 3e-05), warmup' in text
   zero = summary_lib.read(summaries / 'mlqa_to_xquad.zero_shot.json.gz')
   assert _row(text, 'zero-shot')[1] == report.fmt(zero['summary']['all']['mono']['ap'])
   # Per-language tables: the unseen language last and marked; the language mix from the counts.

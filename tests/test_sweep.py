@@ -116,27 +116,32 @@ def test_runs_are_zero_shot_then_seed_major_with_merged_overrides():
   assert '--config.train.strategy=hybrid' in cmd and cmd[-1] == '--config.mode=train'
 
 
-def test_the_strategies_sweep_is_valid_and_fair():
-  strategies = sweep_lib.load_sweep('configs/sweeps/strategies.py')
+@pytest.mark.parametrize('name, directions, temperature', [
+    ('strategies_t0_01', 2, 0.01), ('strategies', 1, 0.05)])
+def test_the_strategies_sweeps_are_valid_and_fair(name, directions, temperature):
+  strategies = sweep_lib.load_sweep(f'configs/sweeps/{name}.py')
   runs = sweep_lib.runs(strategies)
-  assert len(runs) == 2 + 5 * 2 * 3
-  assert {r['config'] for r in runs} == {'configs/xquad.py', 'configs/mlqa.py'}
+  assert len(runs) == directions * (1 + 5 * 3)
+  expected = {'configs/xquad.py', 'configs/mlqa.py'} if directions == 2 else {'configs/xquad.py'}
+  assert {r['config'] for r in runs} == expected
   trained = [r for r in runs if r['arm'] != sweep_lib.ZERO_SHOT]
   budgets = {(r['overrides']['train.steps'], r['overrides']['train.batch_size']) for r in trained}
   assert budgets == {(100, 32)}
   assert {r['overrides']['train.strategy'] for r in trained} == {
       'x_x_mono', 'x_y', 'x_x', 'en_en', 'hybrid'}
+  assert {sweep_lib.run_config(r).train.loss_temperature for r in trained} == {temperature}
 
 
 def test_the_alpha_sweep_varies_alpha_only_with_denser_validation():
-  alpha, strategies = (sweep_lib.load_sweep(f'configs/sweeps/{n}.py') for n in ('alpha', 'strategies'))
+  alpha, strategies = (sweep_lib.load_sweep(f'configs/sweeps/{n}.py')
+                       for n in ('alpha', 'strategies_t0_01'))
   assert alpha['x_axis'] == 'train.alpha' and alpha['threshold'] == 0.9
   assert set(alpha['low_resource']) == {'hi', 'th', 'vi', 'el', 'tr'}
   assert [a['train.alpha'] for a in alpha['arms'].values()] == [i / 10 for i in range(11)]
   assert alpha['seeds'] == strategies['seeds']
   assert alpha['budget'] == {**strategies['budget'], 'evals.val.every': 10,
                              'evals.val_map.every': 10}
-  # alpha 0.5 is the strategies sweep's hybrid arm; only the validation cadence differs.
+  # alpha 0.5 is strategies_t0_01's hybrid arm; only the validation cadence differs.
   twin = [r for r in sweep_lib.runs(alpha) if r['name'] == 'mlqa_to_xquad.alpha0_5.seed1'][0]
   hybrid = [r for r in sweep_lib.runs(strategies) if r['name'] == 'mlqa_to_xquad.hybrid.seed1'][0]
   differ = {k for k in twin['overrides'].keys() | hybrid['overrides'].keys()
@@ -199,6 +204,12 @@ def test_sweep_skips_finished_runs_and_resumes(tmp_path):
   with pytest.raises(sweep_lib.SweepError,
                      match=r"\(effective\) train.loss_temperature: 0.5 there, 0.01 now"):
     sweep_lib.run_sweep(spec(), tmp_path / 'r6', summaries, run_fn=None, log=lambda _: None)
+  # The zero-shot evaluation trains nothing: training settings do not invalidate it.
+  summary_lib.write(path, {**done, 'budget': {**done['budget'], 'loss_temperature': 0.01}})
+  out = sweep_lib.run_sweep(spec(budget={'train.steps': 4, 'train.batch_size': 8,
+                                         'train.loss_temperature': 0.01}),
+                            tmp_path / 'r7', summaries, run_fn=None, log=lambda _: None)
+  assert 'mlqa_to_xquad.zero_shot' in out['skipped'] and len(out['skipped']) == 10
 
 
 def fake_run_recorded(calls):

@@ -1,5 +1,5 @@
 """Issue 7 section 3: is a language discriminator trained through gradient reversal (DANN) a match
-for hybrid batches? At the budget of configs/sweeps/strategies.py (trained on MLQA-R, evaluated on
+for hybrid batches? At the budget of configs/sweeps/strategies_t0_01.py (trained on MLQA-R, evaluated on
 XQuAD-R, mono / cross / multi all reported, 3 seeds):
 
   hybrid        hybrid batches, no discriminator (the method)
@@ -16,14 +16,14 @@ not tuned.
   python -m hbt.experiments.report --runs=docs/results/runs/adversarial --out=docs/results.md
 """
 
-from configs.sweeps import strategies
+from configs.sweeps import strategies_t0_01
 
 DANN = {'train.adversarial.weight': 0.1, 'train.adversarial.schedule': 'dann',
         'train.adversarial.lambda_max': 1.0, 'train.adversarial.hidden': 0}
 
 
 def get_sweep():
-  base = strategies.get_sweep()
+  base = strategies_t0_01.get_sweep()
   arms = base['arms']
   return {
       'name': 'adversarial',

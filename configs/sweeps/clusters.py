@@ -1,5 +1,5 @@
 """Issue 7 section 2: do cross-lingual pairs drawn within clusters of similar languages beat
-uniformly random pairs? Hybrid batches (alpha 0.5) at the budget of configs/sweeps/strategies.py,
+uniformly random pairs? Hybrid batches (alpha 0.5) at the budget of configs/sweeps/strategies_t0_01.py,
 trained on MLQA-R (ar de en es hi vi zh) and evaluated on XQuAD-R, whose el ro ru th tr are unseen
 in training; 3 seeds:
 
@@ -19,13 +19,13 @@ first guess, not tuned.
   python -m hbt.experiments.report --runs=docs/results/runs/clusters --out=docs/results.md
 """
 
-from configs.sweeps import strategies
+from configs.sweeps import strategies_t0_01
 
 P_IN = 0.8
 
 
 def get_sweep():
-  base = strategies.get_sweep()
+  base = strategies_t0_01.get_sweep()
   hybrid = base['arms']['hybrid']
   arms = {'hybrid': hybrid,
           'hybrid_family': {**hybrid, 'train.lang_clusters': 'family', 'train.cluster_p_in': P_IN},

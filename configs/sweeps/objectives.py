@@ -1,5 +1,5 @@
 """Issue 7 section 4: do more alignment terms help hybrid batches? An ablation over the extra
-terms, each alone and all together, at the budget of configs/sweeps/strategies.py (trained on
+terms, each alone and all together, at the budget of configs/sweeps/strategies_t0_01.py (trained on
 MLQA-R, evaluated on XQuAD-R, 3 seeds):
 
   hybrid             InfoNCE query -> positive only (the baseline)
@@ -17,7 +17,7 @@ a monolingual batch gives them nothing. The weights are a first guess, not tuned
   python -m hbt.experiments.report --runs=docs/results/runs/objectives --out=docs/results.md
 """
 
-from configs.sweeps import strategies
+from configs.sweeps import strategies_t0_01
 
 QUERY = {'train.parallel_query_weight': 0.5}
 PASSAGE = {'train.parallel_passage_weight': 0.5}
@@ -25,7 +25,7 @@ SYMMETRIC = {'train.symmetric_loss': True}
 
 
 def get_sweep():
-  base = strategies.get_sweep()
+  base = strategies_t0_01.get_sweep()
   hybrid = base['arms']['hybrid']
   arms = {'hybrid': hybrid,
           'query_query': {**hybrid, **QUERY},

@@ -755,7 +755,11 @@ def _header(runs: Runs, runs_dir: str, out: str) -> str:
   every = [s for group in runs.by.values() for s in group]
   spec = runs.spec
   budgets = {(s['budget']['steps'], s['budget']['batch_size']) for s in trained}
-  b = (trained or every)[0]['budget']
+  b = dict((trained or every)[0]['budget'])
+  for key in ('learning_rate', 'warmup_steps', 'loss_temperature'):  # say so where arms differ
+    values = sorted({s['budget'].get(key) for s in trained}, key=str)
+    if len(values) > 1:
+      b[key] = 'varies by arm (' + ', '.join(map(str, values)) + ')'
   seeds = sorted({s['seed'] for s in trained})
   expected = len(spec['seeds']) * len(spec['directions']) * len(spec['arms']) if spec else None
   machines = sorted({f'{s["machine"]["cpu"]} ({s["machine"]["cores"]} cores'

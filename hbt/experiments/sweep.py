@@ -224,10 +224,15 @@ def check_finished(run: dict, path: pathlib.Path) -> None:
   done = summary_lib.read(path)
   theirs = {'config': done.get('config'), **done.get('overrides', {})}
   ours = {'config': run['config'], **run['overrides']}
-  if run['arm'] != ZERO_SHOT and 'budget' in done:
+  if run['arm'] == ZERO_SHOT:  # evaluates the pretrained model: training settings do not matter
+    theirs = {k: v for k, v in theirs.items() if not k.startswith('train.')}
+    ours = {k: v for k, v in ours.items() if not k.startswith('train.')}
+  elif 'budget' in done:
     train = run_config(run).train
     for key in BUDGET_KEYS:
-      if key in done['budget']:
+      if key in done['budget']:  # compared by value, set by an override or by the default
+        theirs.pop(f'train.{key}', None)
+        ours.pop(f'train.{key}', None)
         theirs[f'(effective) train.{key}'] = done['budget'][key]
         ours[f'(effective) train.{key}'] = train[key]
   differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
