@@ -27,7 +27,8 @@ def get_config(arg=None):
   # guess at paper scale. Set them from your data: steps = epochs * pairs / batch_size.
   config.train.steps = 10_000
   config.train.warmup_steps = 1_000
-  # hbt: the paper states no temperature; 0.05 is hbt's choice, not the paper's.
+  # hbt: the paper states no temperature; 0.05 (SimCSE's) is hbt's choice for an encoder never
+  # trained contrastively, not the paper's. mE5 keeps its own 0.01 (configs/default.py).
   config.train.loss_temperature = 0.05
   config.train.freeze_embeddings = False  # hbt: the whole encoder is fine-tuned.
   config.train.max_passage_length = 256  # hbt.
