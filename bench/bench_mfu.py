@@ -9,11 +9,17 @@ count from the compiled step's cost analysis is printed beside it. Shapes:
   xlmr-large XLM-R large (24 layers, hidden 1024, mlp 4096, 16 heads);
   tiny       2 layers, hidden 64 (for tests on the CPU).
 
+Engines (--engines): hbt's jitted train step and encoder ('hbt'; 'hbt_fused' with
+config.model.attention='fused', cuDNN flash attention on a GPU), and the PyTorch peer of the same
+shape, loss and optimizer ('torch_eager', 'torch_compile': transformers' XLMRobertaModel, SDPA
+attention, bf16 autocast); the last lines give best hbt against best PyTorch.
+
 with random weights, config.train.freeze_embeddings, --batch pairs of --query-length query tokens
 and --passage-length passage tokens per train step (default 128, 64, 256), encoding [--batch,
 --passage-length]. No padding: every token is real.
 
   python bench/bench_mfu.py --model xlmr-large                 # on a GPU / TPU
+  python bench/bench_mfu.py --engines hbt,hbt_fused,torch_eager,torch_compile
   python bench/bench_mfu.py --platform cpu --model tiny --peak-tflops 1
 """
 
@@ -93,7 +99,7 @@ def _xla_flops(compiled) -> float:
 
 
 def run(model: str, batch: int, query_length: int, passage_length: int, steps: int,
-        dtype: str = 'bfloat16') -> dict:
+        dtype: str = 'bfloat16', attention: str = 'matmul') -> dict:
   """Times the train step and the encoder forward; returns seconds and FLOP counts."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -108,7 +114,7 @@ def run(model: str, batch: int, query_length: int, passage_length: int, steps: i
   config = default.get_config()
   config.train.batch_size = batch
   config.train.pack_texts = 1
-  module = encoder.Encoder(arch, dtype=jnp.dtype(dtype), dropout_rate=0.0)
+  module = encoder.Encoder(arch, dtype=jnp.dtype(dtype), dropout_rate=0.0, attention=attention)
   dummy = jnp.zeros((1, 4), jnp.int32)
   params = jax.jit(lambda: nn.unbox(module.init(jax.random.key(0), dummy, dummy))['params'])()
   mesh = sharding.make_mesh(config.mesh)
@@ -149,6 +155,81 @@ def run(model: str, batch: int, query_length: int, passage_length: int, steps: i
           'encode_xla_flops': _xla_flops(encode_fn)}
 
 
+def run_torch(model: str, batch: int, query_length: int, passage_length: int, steps: int,
+              dtype: str = 'bfloat16', compile_model: bool = False) -> dict:
+  """The PyTorch peer of `run`: transformers' XLMRobertaModel of the same shape (random weights,
+  its default SDPA attention, which is flash attention on a GPU), autocast to `dtype`, the same
+  loss (in-batch InfoNCE over mean-pooled cosine, temperature 0.01), AdamW (fused on a GPU) with
+  clipping, word embeddings frozen; optionally torch.compile'd."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  arch = arch_of(model)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  config = transformers.XLMRobertaConfig(
+      vocab_size=arch.vocab_size, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
+      num_attention_heads=arch.heads, intermediate_size=arch.mlp,
+      max_position_embeddings=arch.max_positions, type_vocab_size=arch.type_vocab_size,
+      layer_norm_eps=arch.layer_norm_eps, pad_token_id=arch.pad_id, hidden_act='gelu',
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  net = transformers.XLMRobertaModel(config, add_pooling_layer=False).to(device)
+  net.embeddings.word_embeddings.weight.requires_grad_(False)
+  trainable = [p for p in net.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(trainable, lr=3e-5, weight_decay=0.01, eps=1e-6,
+                          fused=device == 'cuda')
+  autocast = dtype == 'bfloat16'
+
+  def embed(ids, mask):
+    out = net(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).to(out.dtype)
+    return torch.nn.functional.normalize(((out * m).sum(1) / m.sum(1)).float(), dim=-1)
+
+  fwd = torch.compile(embed) if compile_model else embed
+  rng = np.random.default_rng(0)
+
+  def side(length):
+    ids = torch.from_numpy(rng.integers(5, arch.vocab_size, size=(batch, length))).to(device)
+    return ids, torch.ones_like(ids)
+
+  (qt, qm), (pt, pm) = side(query_length), side(passage_length)
+  labels = torch.arange(batch, device=device)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+  def train_once():
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      q, p = fwd(qt, qm), fwd(pt, pm)
+    loss = torch.nn.functional.cross_entropy(q @ p.T / 0.01, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    opt.step()
+    sync()
+
+  start = time.perf_counter()
+  train_once()  # warm-up (and compilation)
+  train_once()
+  train_compile = time.perf_counter() - start
+  train_s = _timed(train_once, steps)
+
+  def encode_once():
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      fwd(pt, pm)
+    sync()
+
+  net.eval()
+  encode_once()
+  encode_once()
+  encode_s = _timed(encode_once, steps)
+  nan = float('nan')
+  return {'train_s': train_s, 'train_compile_s': train_compile,
+          'train_flops': train_flops(arch, batch, query_length, passage_length),
+          'train_xla_flops': nan, 'train_devices': 1, 'encode_s': encode_s, 'encode_devices': 1,
+          'encode_flops': encoder_flops(arch, batch, passage_length), 'encode_xla_flops': nan}
+
+
+ENGINES = ('hbt', 'hbt_fused', 'torch_eager', 'torch_compile')
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +242,9 @@ def main() -> int:
   parser.add_argument('--passage-length', type=int, default=256)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
+  parser.add_argument('--engines', default='hbt',
+                      help=f'comma-separated, from {",".join(ENGINES)} (hbt_fused: '
+                      "hbt with config.model.attention='fused'; torch_*: the PyTorch peer)")
   parser.add_argument('--peak-tflops', type=float, default=None,
                       help='peak FLOP/s of one device in TFLOP/s (default: by device kind)')
   args = parser.parse_args()
@@ -172,20 +256,38 @@ def main() -> int:
   print(f'{len(jax.devices())} x {device.device_kind} ({device.platform}); peak bf16 '
         f'{"unknown (pass --peak-tflops)" if peak is None else f"{peak / 1e12:.0f} TFLOP/s"}; '
         f'jax {jax.__version__}; load average {os.getloadavg()[0]:.2f}', flush=True)
-  for model in args.model.split(','):
-    r = run(model, args.batch, args.query_length, args.passage_length, args.steps, args.dtype)
+  results = {}
+  shape = (args.batch, args.query_length, args.passage_length, args.steps, args.dtype)
+  for model, engine in ((m, e) for m in args.model.split(',') for e in args.engines.split(',')):
+    try:  # one engine failing (an old torch, no cuDNN) must not lose the others' figures
+      if engine.startswith('torch'):
+        r = run_torch(model, *shape, compile_model=engine == 'torch_compile')
+      else:
+        r = run(model, *shape, attention='fused' if engine == 'hbt_fused' else 'matmul')
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'{model:<11}{engine}: failed: {type(e).__name__}: {str(e)[:400]}', flush=True)
+      continue
+    results[model, engine] = r
     for what in ('train', 'encode'):
       flops, seconds, xla = r[f'{what}_flops'], r[f'{what}_s'], r[f'{what}_xla_flops']
       devices = r[f'{what}_devices']
       util = (f'MFU {100 * mfu(flops, seconds, peak * devices):.1f}% on {devices} device(s)'
               if peak else 'MFU unknown')
       xla_note = f'{xla / 1e9:.2f}'
-      print(f'{model:<11}{what:<7}{args.dtype} batch {args.batch} lengths '
+      print(f'{model:<11}{engine:<14}{what:<7}{args.dtype} batch {args.batch} lengths '
             f'{args.query_length}/{args.passage_length}: {seconds * 1e3:9.2f} ms/step, model '
             f'{flops / 1e9:.2f} GFLOP (XLA counts {xla_note}), {flops / seconds / 1e12:8.3f} '
             f'TFLOP/s, {util}', flush=True)
-    print(f'{model:<11}train step compilation {r["train_compile_s"]:.1f} s; peak RSS '
+    print(f'{model:<11}{engine:<14}train step compilation {r["train_compile_s"]:.1f} s; peak RSS '
           f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB', flush=True)
+  for model in args.model.split(','):  # best hbt engine against best PyTorch engine
+    for what in ('train', 'encode'):
+      best = {side: min(((r[f'{what}_s'], e) for (m, e), r in results.items()
+                         if m == model and e.startswith(side)), default=None)
+              for side in ('hbt', 'torch')}
+      if best['hbt'] and best['torch']:
+        print(f'{model:<11}{what:<7}hbt ({best["hbt"][1]}) / PyTorch ({best["torch"][1]}) '
+              f'speed: {best["torch"][0] / best["hbt"][0]:.2f}x', flush=True)
   return 0
 
 

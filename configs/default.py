@@ -65,6 +65,9 @@ def get_config(arg=None):
   config.model.max_length = 256  # Longest tokenised text (specials included) when evaluating.
   config.model.dropout_rate = 0.1  # Dropout in training (embeddings, attention, residuals).
   config.model.remat = False  # Recompute layer activations in backprop: less memory, more time.
+  # 'matmul' (explicit scores and softmax) or 'fused' (cuDNN flash attention on a GPU where
+  # attention dropout is off; hbt/model/encoder.py ATTENTIONS).
+  config.model.attention = 'matmul'
   # The checkpoint's architecture (hbt.model.encoder.Arch fields: vocab_size, hidden, layers, heads,
   # mlp, max_positions, type_vocab_size, position_offset, layer_norm_eps, pad_id) for dry runs,
   # which need no weights; empty reads a local checkpoint's config.json. configs/models.py sets it.

@@ -95,6 +95,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _number(config, 'model.max_length', 8, 512, integer=True)
   _number(config, 'model.dropout_rate', 0.0, 0.9)
   _check(isinstance(m.remat, bool), 'model.remat', 'must be a bool', m.remat)
+  _choice(config, 'model.attention', encoder.ATTENTIONS)
   if m.arch:
     fields = tuple(f.name for f in dataclasses.fields(encoder.Arch))
     _check(set(m.arch) == set(fields), 'model.arch', f'must be empty or set {", ".join(fields)}',

@@ -32,6 +32,7 @@ def test_shipped_configs_validate(name):
     ('model.dtype', 'float16', 'config.model.dtype'),
     ('model.max_length', 1024, 'config.model.max_length'),
     ('model.dropout_rate', 1.5, 'config.model.dropout_rate'),
+    ('model.attention', 'flash', 'config.model.attention'),
     ('eval.benchmark', 'msmarco', 'config.eval.benchmark'),
     ('eval.langs', 'en,klingon', 'config.eval.langs'),
     ('eval.batch_tokens', 0, 'config.eval.batch_tokens'),

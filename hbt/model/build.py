@@ -50,5 +50,6 @@ def load(model_config) -> Model:
       raise ValueError(f'config.model.arch does not match {c.checkpoint or c.source}: '
                        f'{"; ".join(diff)}')
   module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype_lib.resolve(c.dtype)),
-                           dropout_rate=c.dropout_rate, remat=c.remat)
+                           dropout_rate=c.dropout_rate, remat=c.remat,
+                           attention=c.attention)
   return Model(module, params, tok)

@@ -27,6 +27,10 @@ import jax.numpy as jnp
 # 'mean' over unmasked tokens (E5, XLM-R); 'cls' (first token); 'cls_pooler': first token through
 # BERT's pooler, tanh(dense(.)), as LaBSE's sentence embedding.
 POOLINGS = ('mean', 'cls', 'cls_pooler')
+# 'matmul': scores, softmax and context as explicit matmuls (every backend; attention dropout).
+# 'fused': jax.nn.dot_product_attention, cuDNN's fused (flash) attention on a GPU and XLA's
+# elsewhere, wherever attention dropout is off (evaluation, or dropout_rate 0); 'matmul' otherwise.
+ATTENTIONS = ('matmul', 'fused')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +183,18 @@ class Dropout(nn.Module):
     return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
 
 
+def fused_attention(q, k, v, attn_bias):
+  """Attention by jax.nn.dot_product_attention: q, k, v [B, L, heads, D]; bias [B, 1, 1|L, L].
+
+  cuDNN's fused kernel on a GPU (the bias broadcast to [B, 1, L, L] in q's dtype, as it takes it),
+  XLA's implementation elsewhere; softmax in float32 in both.
+  """
+  on_gpu = jax.default_backend() == 'gpu'
+  bias = jnp.broadcast_to(attn_bias, (q.shape[0], 1, q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype) if on_gpu else bias,
+                                      implementation='cudnn' if on_gpu else None)
+
+
 class Layer(nn.Module):
   """One post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
 
@@ -186,6 +202,7 @@ class Layer(nn.Module):
   dtype: jnp.dtype
   dropout_rate: float
   deterministic: bool
+  attention: str = 'matmul'  # one of ATTENTIONS.
 
   @nn.compact
   def __call__(self, x, attn_bias, rows):
@@ -200,12 +217,16 @@ class Layer(nn.Module):
       return y.reshape(batch * a.heads, length, head_dim).astype(self.dtype)
 
     q, k, v = heads('query'), heads('key'), heads('value')
-    logits = batched_matmul(q, k.transpose(0, 2, 1)).reshape(batch, a.heads, length, length)
-    logits = logits / jnp.sqrt(jnp.float32(head_dim)) + attn_bias
-    probs = drop(jax.nn.softmax(logits, axis=-1)).astype(self.dtype)
-    ctx = batched_matmul(probs.reshape(batch * a.heads, length, length), v)
-    ctx = ctx.reshape(batch, a.heads, length, head_dim).transpose(0, 2, 1, 3).reshape(
-        batch, length, a.hidden)
+    if self.attention == 'fused' and (self.deterministic or self.dropout_rate == 0.0):
+      ctx = fused_attention(*(y.reshape(batch, a.heads, length, head_dim).transpose(0, 2, 1, 3)
+                              for y in (q, k, v)), attn_bias).reshape(batch, length, a.hidden)
+    else:
+      logits = batched_matmul(q, k.transpose(0, 2, 1)).reshape(batch, a.heads, length, length)
+      logits = logits / jnp.sqrt(jnp.float32(head_dim)) + attn_bias
+      probs = drop(jax.nn.softmax(logits, axis=-1)).astype(self.dtype)
+      ctx = batched_matmul(probs.reshape(batch * a.heads, length, length), v)
+      ctx = ctx.reshape(batch, a.heads, length, head_dim).transpose(0, 2, 1, 3).reshape(
+          batch, length, a.hidden)
     ctx = _constrain(ctx, ('batch', 'length', 'heads'))
     attn = Dense(a.hidden, ('heads', 'embed'), self.dtype, name='out')(ctx)
     x = LayerNorm(a.layer_norm_eps, name='attn_ln')(x + drop(attn))
@@ -227,6 +248,7 @@ class Encoder(nn.Module):
 
   arch: Arch
   pooling: str = 'mean'  # one of POOLINGS.
+  attention: str = 'matmul'  # one of ATTENTIONS.
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
   remat: bool = False  # recompute layer activations in the backward pass to save memory.
@@ -274,8 +296,10 @@ class Encoder(nn.Module):
                     in_axes=nn.broadcast, length=a.layers,
                     metadata_params={nn.PARTITION_NAME: 'layers'},
                     unroll=self.scan_unroll or (1 if self.remat else a.layers))
-    x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, name='layers')(x, attn_bias,
-                                                                                rows)
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f'attention must be one of {ATTENTIONS}, got {self.attention!r}')
+    x, _ = stack(a, self.dtype, self.dropout_rate, deterministic, self.attention,
+                 name='layers')(x, attn_bias, rows)
 
     if num_texts is None:
       first = x[:, 0]

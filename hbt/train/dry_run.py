@@ -102,7 +102,8 @@ def analyse(config, arch: encoder.Arch, devices=None) -> dict:
   dtype = 'bfloat16' if c.model.dtype == 'auto' else c.model.dtype  # 'auto' is bf16 on accelerators
   pooling = 'mean' if c.model.pooling == 'auto' else c.model.pooling
   module = encoder.Encoder(arch, pooling=pooling, dtype=jnp.dtype(dtype),
-                           dropout_rate=c.model.dropout_rate, remat=c.model.remat)
+                           dropout_rate=c.model.dropout_rate, remat=c.model.remat,
+                           attention=c.model.attention)
   tx = step_lib.make_optimizer(c.train)
   freeze = c.train.freeze_embeddings
   heads = step_lib.heads(c.train, module, c.seed)  # the language discriminator's (small) params
