@@ -24,6 +24,7 @@ and --passage-length passage tokens per train step (default 128, 64, 256), encod
 """
 
 import argparse
+import json
 import os
 import pathlib
 import resource
@@ -247,6 +248,10 @@ def main() -> int:
                       "hbt with config.model.attention='fused'; torch_*: the PyTorch peer)")
   parser.add_argument('--peak-tflops', type=float, default=None,
                       help='peak FLOP/s of one device in TFLOP/s (default: by device kind)')
+  parser.add_argument('--results', default='',
+                      help='a JSON-lines file: each engine appends its figures; the ratio lines '
+                      "are computed over the whole file (so engines run in separate processes, "
+                      'as bench/gpu.sh runs them, still compare)')
   args = parser.parse_args()
   if args.platform:
     os.environ['JAX_PLATFORMS'] = args.platform
@@ -268,6 +273,9 @@ def main() -> int:
       print(f'{model:<11}{engine}: failed: {type(e).__name__}: {str(e)[:400]}', flush=True)
       continue
     results[model, engine] = r
+    if args.results:
+      with open(args.results, 'a', encoding='utf-8') as f:
+        f.write(json.dumps({'model': model, 'engine': engine, **r}) + '\n')
     for what in ('train', 'encode'):
       flops, seconds, xla = r[f'{what}_flops'], r[f'{what}_s'], r[f'{what}_xla_flops']
       devices = r[f'{what}_devices']
@@ -280,6 +288,11 @@ def main() -> int:
             f'TFLOP/s, {util}', flush=True)
     print(f'{model:<11}{engine:<14}train step compilation {r["train_compile_s"]:.1f} s; peak RSS '
           f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB', flush=True)
+  if args.results:
+    with open(args.results, encoding='utf-8') as f:
+      for line in f:
+        r = json.loads(line)
+        results.setdefault((r['model'], r['engine']), r)
   for model in args.model.split(','):  # best hbt engine against best PyTorch engine
     for what in ('train', 'encode'):
       best = {side: min(((r[f'{what}_s'], e) for (m, e), r in results.items()

@@ -18,8 +18,9 @@
 #
 # It needs no data and no hub access. It writes only that virtualenv, /tmp/hbt-wheels and, when
 # OUT is set, a copy of its output in $OUT/gpu_bench.txt. Each model runs in its own process, so a
-# crash in one keeps the other's figures; jax allocates on demand (no preallocation) so that the
-# PyTorch engines in the same process find memory.
+# crash in one keeps the others' figures and no engine finds another's memory held (jax keeps what
+# it has allocated; on 2026-11-30 a PyTorch engine run after hbt's in one process ran out of the
+# H200's memory). The ratio lines after each engine compare every engine run so far.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,11 +64,14 @@ import jax
 print(jax.devices())
 EOF
   status=0
+  results=$(mktemp)
   for model in ${MODELS//,/ }; do
-    XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 \
-        "$PY" bench/bench_mfu.py --platform gpu --model "$model" --engines "$ENGINES" \
-        --batch 128 --query-length 64 --passage-length 256 --steps "$STEPS" --dtype bfloat16 \
-        || { echo "bench_mfu.py --model $model failed"; status=1; }
+    for engine in ${ENGINES//,/ }; do
+      PYTHONUNBUFFERED=1 "$PY" bench/bench_mfu.py --platform cuda --model "$model" \
+          --engines "$engine" --batch 128 --query-length 64 --passage-length 256 \
+          --steps "$STEPS" --dtype bfloat16 --results "$results" \
+          || { echo "bench_mfu.py --model $model --engines $engine failed"; status=1; }
+    done
   done
   exit $status
 } 2>&1 | tee "$LOG"

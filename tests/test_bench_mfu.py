@@ -1,7 +1,10 @@
 """bench/bench_mfu.py's FLOP count and MFU, checked on the CPU on a tiny shape."""
 
 import dataclasses
+import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -48,3 +51,50 @@ def test_run_on_cpu_tiny_shape():
   assert r['train_devices'] == jax.device_count()  # conftest: 8 simulated devices
   assert r['train_flops'] <= r['train_xla_flops'] <= 2 * r['train_flops']  # + elementwise, Adam
   assert 0 < bench_mfu.mfu(r['encode_flops'], r['encode_s'], 1e15) < 1
+
+
+def test_engines_in_separate_processes_compare_through_results(tmp_path, monkeypatch, capsys):
+  """hbt_fused and the PyTorch peer run (tiny shape, CPU); each call appends its figures to
+  --results, and a later call's ratio lines compare with the earlier call's engine."""
+  results = tmp_path / 'mfu.jsonl'
+  common = ['bench_mfu.py', '--platform', 'cpu', '--model', 'tiny', '--peak-tflops', '1',
+            '--batch', '8', '--query-length', '8', '--passage-length', '16', '--steps', '1',
+            '--results', str(results)]
+  monkeypatch.setattr(sys, 'argv', common + ['--engines', 'hbt_fused'])
+  assert bench_mfu.main() == 0
+  assert 'speed' not in capsys.readouterr().out  # nothing to compare with yet
+  monkeypatch.setattr(sys, 'argv', common + ['--engines', 'torch_eager'])
+  assert bench_mfu.main() == 0
+  out = capsys.readouterr().out
+  assert 'tiny       torch_eager   train ' in out
+  for what in ('train', 'encode'):
+    assert f'{what:<7}hbt (hbt_fused) / PyTorch (torch_eager) speed: ' in out
+  lines = results.read_text().splitlines()
+  assert len(lines) == 2 and all(json.loads(l)['train_s'] > 0 for l in lines)
+
+
+def test_gpu_script_runs_each_engine_in_its_own_process(tmp_path):
+  """bench/gpu.sh on an offline image whose python already has CUDA jax: installs WHEELS into a
+  target folder, then runs bench_mfu.py once per model and engine, on CUDA, sharing --results."""
+  log = tmp_path / 'calls'
+  stub = tmp_path / 'python'
+  stub.write_text(f'#!/bin/bash\necho "$@" >> {log}\nexit 0\n')  # 'jax is on a GPU', every call
+  stub.chmod(0o755)
+  wheels = tmp_path / 'wheels'
+  wheels.mkdir()
+  (wheels / 'x-1-py3-none-any.whl').write_text('')
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run(['bash', str(root / 'bench' / 'gpu.sh')], capture_output=True, text=True,
+                        env={**os.environ, 'PYTHON': str(stub), 'WHEELS': str(wheels),
+                             'MODELS': 'xlmr-large,e5-small', 'ENGINES': 'hbt,torch_eager',
+                             'OUT': str(tmp_path)}, check=False, timeout=60)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  calls = log.read_text().splitlines()
+  assert any('install' in c and '--target /tmp/hbt-wheels' in c for c in calls)
+  runs = [c.split() for c in calls if c.startswith('bench/bench_mfu.py')]
+  assert [(r[r.index('--model') + 1], r[r.index('--engines') + 1]) for r in runs] == [
+      ('xlmr-large', 'hbt'), ('xlmr-large', 'torch_eager'), ('e5-small', 'hbt'),
+      ('e5-small', 'torch_eager')]
+  assert all(r[r.index('--platform') + 1] == 'cuda' for r in runs)
+  assert len({r[r.index('--results') + 1] for r in runs}) == 1
+  assert "using " in (tmp_path / 'gpu_bench.txt').read_text()
