@@ -4,7 +4,8 @@
 # bf16, batch 128, query/passage lengths 64/256), for hbt (its 'matmul' attention and its 'fused',
 # cuDNN flash attention) and the PyTorch peer of the same shape, loss and optimizer (eager and
 # torch.compile), printing ms/step, TFLOP/s, MFU against the device's dense bf16 peak (H200:
-# 989 TFLOP/s) and hbt's speed against PyTorch's.
+# 989 TFLOP/s) and hbt's speed against PyTorch's; for 'fused', the min cosine of its embeddings
+# against the matmul path's on randomly padded rows (its parity on the GPU).
 #
 #   bash bench/gpu.sh                  # JAX_CUDA=cuda13 for the CUDA 13 wheels (driver >= 580)
 #   STEPS=20 MODELS=xlmr-large ENGINES=hbt,torch_eager bash bench/gpu.sh

@@ -67,6 +67,8 @@ def test_engines_in_separate_processes_compare_through_results(tmp_path, monkeyp
   assert bench_mfu.main() == 0
   out = capsys.readouterr().out
   assert 'tiny       torch_eager   train ' in out
+  fused = json.loads(results.read_text().splitlines()[0])
+  assert fused['engine'] == 'hbt_fused' and fused['min_cosine'] > 0.999  # bf16, checked on CPU
   for what in ('train', 'encode'):
     assert f'{what:<7}hbt (hbt_fused) / PyTorch (torch_eager) speed: ' in out
   lines = results.read_text().splitlines()
