@@ -270,6 +270,11 @@ def main() -> int:
   print(f'{len(jax.devices())} x {device.device_kind} ({device.platform}); peak bf16 '
         f'{"unknown (pass --peak-tflops)" if peak is None else f"{peak / 1e12:.0f} TFLOP/s"}; '
         f'jax {jax.__version__}; load average {os.getloadavg()[0]:.2f}', flush=True)
+  if device.platform == 'cpu':
+    from hbt.model import dtype as dtype_lib  # pylint: disable=g-import-not-at-top
+    flags = dtype_lib.cpu_flags()
+    print('CPU flags: ' + ', '.join(f'{f} {"yes" if f in flags else "no"}'
+                                    for f in dtype_lib.FAST_BF16_CPU_FLAGS), flush=True)
   results = {}
   shape = (args.batch, args.query_length, args.passage_length, args.steps, args.dtype)
   for model, engine in ((m, e) for m in args.model.split(',') for e in args.engines.split(',')):

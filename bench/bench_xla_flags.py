@@ -62,6 +62,9 @@ def main() -> int:
   if args.child:
     child(args.repeats)
     return 0
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  import common  # pylint: disable=g-import-not-at-top
+  print(common.machine_header(), flush=True)
   for _ in range(args.rounds):
     for flags in FLAGS:
       proc = subprocess.run([sys.executable, __file__, '--child', '--repeats', str(args.repeats)],
