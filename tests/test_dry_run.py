@@ -118,6 +118,18 @@ def test_remat_cuts_the_activation_memory():
   assert temp[True] < 0.5 * temp[False]
 
 
+def test_dry_run_takes_the_configured_attention(monkeypatch):
+  """config.model.attention='fused' reaches the dry run's step (dropout off: the fused path)."""
+  calls = []
+  real = encoder.fused_attention
+  monkeypatch.setattr(encoder, 'fused_attention', lambda *a: calls.append(1) or real(*a))
+  for attention in ('matmul', 'fused'):
+    config = tiny_config((1, 1, 1))
+    config.model.attention, config.model.dropout_rate = attention, 0.0
+    dry_run.analyse(config, encoder.Arch(**ARCH), jax.devices()[:1])
+    assert bool(calls) == (attention == 'fused')
+
+
 @pytest.mark.parametrize('pack', [1, 2])
 def test_abstract_batch_is_the_real_step_batch(tmp_path, sampler, pairs, tokenizer, pack):
   """Shards with every side (hard negatives, parallel sides) read back and made global as the

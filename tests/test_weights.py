@@ -426,6 +426,9 @@ def test_config_arch_must_match_the_checkpoint(tmp_path):
                            layers=LAYERS, heads=HEADS, mlp=MLP, max_positions=MAX_POSITIONS)
   model = build.load(config.model)  # the tiny LaBSE: the same arch but for its size
   assert model.module.pooling == 'cls_pooler' and 'pooler' in model.params
+  assert model.module.attention == 'matmul'
+  config.model.attention = 'fused'  # config.model.attention reaches the module
+  assert build.load(config.model).module.attention == 'fused'
   config.model.arch.layers = 12
   with pytest.raises(ValueError, match=r'config.model.arch does not match .*layers: 12 in '
                                        r'config.model.arch, 2 in the checkpoint'):
