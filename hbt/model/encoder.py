@@ -248,7 +248,6 @@ class Encoder(nn.Module):
 
   arch: Arch
   pooling: str = 'mean'  # one of POOLINGS.
-  attention: str = 'matmul'  # one of ATTENTIONS.
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
   remat: bool = False  # recompute layer activations in the backward pass to save memory.
@@ -256,6 +255,7 @@ class Encoder(nn.Module):
   # 1 with remat (each layer is then recomputed inside the backward loop; unrolled, XLA may hoist
   # every recomputation into the forward pass and save nothing).
   scan_unroll: int = 0
+  attention: str = 'matmul'  # one of ATTENTIONS.
 
   @nn.compact
   def __call__(self, ids, mask, deterministic: bool = True, rows=None,
