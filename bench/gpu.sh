@@ -18,8 +18,8 @@
 # requirements.txt's version, and what the hbt engines import, from the package index.
 #
 # It needs no data and no hub access. It writes only that virtualenv, /tmp/hbt-wheels and, when
-# OUT is set, a copy of its output in $OUT/gpu_bench.txt. Each model runs in its own process, so a
-# crash in one keeps the others' figures and no engine finds another's memory held (jax keeps what
+# OUT is set, a copy of its output in $OUT/gpu_bench.txt. Each engine of each model runs in its own
+# process, so a crash in one keeps the others' figures and no engine finds another's memory held (jax keeps what
 # it has allocated; on 2026-11-30 a PyTorch engine run after hbt's in one process ran out of the
 # H200's memory). The ratio lines after each engine compare every engine run so far.
 set -uo pipefail
