@@ -35,6 +35,8 @@ if __package__ in (None, ''):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import common  # noqa: E402  (bench/common.py; it imports neither TensorFlow nor the data pipeline)
+
 # Dense bf16 peak FLOP/s per device, by a substring of jax's device_kind.
 PEAK_BF16 = {'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L4': 121e12,
              'TPU v5 lite': 197e12, 'TPU v5p': 459e12, 'TPU v4': 275e12}
@@ -173,16 +175,9 @@ def run_torch(model: str, batch: int, query_length: int, passage_length: int, st
   clipping, word embeddings frozen; optionally torch.compile'd."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
   arch = arch_of(model)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  config = transformers.XLMRobertaConfig(
-      vocab_size=arch.vocab_size, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
-      num_attention_heads=arch.heads, intermediate_size=arch.mlp,
-      max_position_embeddings=arch.max_positions, type_vocab_size=arch.type_vocab_size,
-      layer_norm_eps=arch.layer_norm_eps, pad_token_id=arch.pad_id, hidden_act='gelu',
-      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-  net = transformers.XLMRobertaModel(config, add_pooling_layer=False).to(device)
+  net = common.torch_peer(arch, None).to(device)
   net.embeddings.word_embeddings.weight.requires_grad_(False)
   trainable = [p for p in net.parameters() if p.requires_grad]
   opt = torch.optim.AdamW(trainable, lr=3e-5, weight_decay=0.01, eps=1e-6,

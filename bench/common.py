@@ -1,5 +1,8 @@
 """What the benches share: the machine header, compile counting, peak RSS, the PyTorch peer model,
-and running one engine in a child process (so each engine's peak RSS is its own)."""
+and running one engine in a child process (so each engine's peak RSS is its own).
+
+Importing it loads neither TensorFlow nor the data pipeline (`bench_mfu.py` runs on GPU images
+without them): hbt's own modules are imported where they are used."""
 
 import json
 import os
@@ -8,9 +11,6 @@ import subprocess
 import sys
 
 import numpy as np
-
-from hbt.experiments import summary as summary_lib
-from hbt.model import dtype as dtype_lib
 
 RESULT = 'RESULT '  # prefix of the JSON line a child process prints last
 
@@ -31,6 +31,8 @@ def cores() -> int:
 def machine_header() -> str:
   """One line: CPU model, its bf16 matmul flags, cores, load, what dtype 'auto' picks, versions."""
   import jax  # pylint: disable=g-import-not-at-top
+  from hbt.experiments import summary as summary_lib  # pylint: disable=g-import-not-at-top
+  from hbt.model import dtype as dtype_lib  # pylint: disable=g-import-not-at-top
   m = summary_lib.machine()
   bf16 = ', '.join(f'{f} {"yes" if f in m["bf16_flags"] else "no"}'
                    for f in dtype_lib.FAST_BF16_CPU_FLAGS)
@@ -66,8 +68,9 @@ class CompileCounter:
     return out
 
 
-def torch_peer(arch, state: dict, dropout: float = 0.0):
-  """transformers' XLMRobertaModel with hbt's Arch and the given float32 HF state dict."""
+def torch_peer(arch, state: dict | None, dropout: float = 0.0):
+  """transformers' XLMRobertaModel with hbt's Arch and the given float32 HF state dict (random
+  weights where `state` is None)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   config = transformers.XLMRobertaConfig(
@@ -77,6 +80,8 @@ def torch_peer(arch, state: dict, dropout: float = 0.0):
       layer_norm_eps=arch.layer_norm_eps, pad_token_id=arch.pad_id, hidden_act='gelu',
       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
   model = transformers.XLMRobertaModel(config, add_pooling_layer=False)
+  if state is None:
+    return model
   missing, unexpected = model.load_state_dict(
       {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()},
       strict=False)

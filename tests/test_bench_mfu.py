@@ -100,3 +100,16 @@ def test_gpu_script_runs_each_engine_in_its_own_process(tmp_path):
   assert all(r[r.index('--platform') + 1] == 'cuda' for r in runs)
   assert len({r[r.index('--results') + 1] for r in runs}) == 1
   assert "using " in (tmp_path / 'gpu_bench.txt').read_text()
+
+
+def test_bench_mfu_imports_neither_tensorflow_nor_the_data_pipeline():
+  """GPU images run bench_mfu.py without TensorFlow: it and the shared bench/common.py (the
+  PyTorch peer's home) must import without it."""
+  bench = pathlib.Path(__file__).resolve().parents[1] / 'bench'
+  code = ('import sys; import bench_mfu, common; '
+          'assert bench_mfu.common is common; '
+          'bad = [m for m in sys.modules if m.split(".")[0] == "tensorflow" '
+          'or m.startswith(("hbt.data", "hbt.batches", "hbt.experiments"))]; '
+          'assert not bad, bad')
+  subprocess.run([sys.executable, '-c', code], cwd=bench, check=True,
+                 env={**os.environ, 'PYTHONPATH': str(bench.parent)})
