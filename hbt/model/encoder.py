@@ -211,16 +211,16 @@ class Layer(nn.Module):
     head_dim = a.hidden // a.heads
     drop = lambda y: Dropout(self.dropout_rate)(y, rows, self.deterministic)
 
-    def heads(name):  # [B, L, H*D] -> [B*H, L, D]
+    def heads(name):  # [B, L, H*D] -> [B, L, H, D]
       y = Dense(a.hidden, ('embed', 'heads'), self.dtype, name=name)(x)
-      y = y.reshape(batch, length, a.heads, head_dim).transpose(0, 2, 1, 3)
-      return y.reshape(batch * a.heads, length, head_dim).astype(self.dtype)
+      return y.reshape(batch, length, a.heads, head_dim).astype(self.dtype)
 
     q, k, v = heads('query'), heads('key'), heads('value')
     if self.attention == 'fused' and (self.deterministic or self.dropout_rate == 0.0):
-      ctx = fused_attention(*(y.reshape(batch, a.heads, length, head_dim).transpose(0, 2, 1, 3)
-                              for y in (q, k, v)), attn_bias).reshape(batch, length, a.hidden)
-    else:
+      ctx = fused_attention(q, k, v, attn_bias).reshape(batch, length, a.hidden)
+    else:  # [B, L, H, D] -> [B*H, L, D]
+      q, k, v = (y.transpose(0, 2, 1, 3).reshape(batch * a.heads, length, head_dim)
+                 for y in (q, k, v))
       logits = batched_matmul(q, k.transpose(0, 2, 1)).reshape(batch, a.heads, length, length)
       logits = logits / jnp.sqrt(jnp.float32(head_dim)) + attn_bias
       probs = drop(jax.nn.softmax(logits, axis=-1)).astype(self.dtype)
