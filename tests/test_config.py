@@ -3,6 +3,7 @@
 import importlib
 import pathlib
 
+import ml_collections
 import pytest
 
 from hbt import config_lib
@@ -19,7 +20,9 @@ def test_shipped_configs_validate(name):
   config_lib.validate(load(name))
 
 
-@pytest.mark.parametrize('field,value,named', [
+# (field, bad value, the field the error names): every field of configs/default.py has one (or
+# one in BAD_EVALUATORS), test_every_field_has_a_bad_value_case checks.
+BAD_VALUES = [
     ('mode', 'fit', 'config.mode'),
     ('seed', -1, 'config.seed'),
     ('data.train', 'squad', 'config.data.train'),
@@ -55,7 +58,41 @@ def test_shipped_configs_validate(name):
     ('train.checkpoint_every', 0, 'config.train.checkpoint_every'),
     ('mesh.shape', (-1, -1), 'config.mesh.shape'),
     ('mesh.axes', ('model',), 'config.mesh'),
-])
+    ('data.dir', None, 'config.data.dir'),
+    ('model.checkpoint', None, 'config.model.checkpoint'),
+    ('model.query_prefix', None, 'config.model.query_prefix'),
+    ('model.passage_prefix', None, 'config.model.passage_prefix'),
+    ('model.remat', None, 'config.model.remat'),
+    ('model.arch', {'hidden': 8}, 'config.model.arch'),  # all of encoder.Arch's fields, or none
+    ('eval.beir_split', 'a/b', 'config.eval.beir_split'),
+    ('eval.chunk_size', 0, 'config.eval.chunk_size'),
+    ('eval.trec_depth', -1, 'config.eval.trec_depth'),
+    ('eval.progress', None, 'config.eval.progress'),
+    ('train.steps', -1, 'config.train.steps'),
+    ('train.lang_temperature', -0.5, 'config.train.lang_temperature'),
+    ('train.weight_decay', 1.5, 'config.train.weight_decay'),
+    ('train.warmup_steps', -1, 'config.train.warmup_steps'),
+    ('train.grad_clip_norm', -1.0, 'config.train.grad_clip_norm'),
+    ('train.symmetric_loss', None, 'config.train.symmetric_loss'),
+    ('train.parallel_query_weight', -0.5, 'config.train.parallel_query_weight'),
+    ('train.parallel_passage_weight', float('nan'), 'config.train.parallel_passage_weight'),
+    ('train.adversarial.weight', -0.1, 'config.train.adversarial.weight'),
+    ('train.adversarial.schedule', 'linear', 'config.train.adversarial.schedule'),
+    ('train.adversarial.lambda_max', -1.0, 'config.train.adversarial.lambda_max'),
+    ('train.adversarial.hidden', -1, 'config.train.adversarial.hidden'),
+    ('train.freeze_embeddings', None, 'config.train.freeze_embeddings'),
+    ('train.max_query_length', 4, 'config.train.max_query_length'),
+    ('train.max_passage_length', 1024, 'config.train.max_passage_length'),
+    ('train.pack_texts', 3, 'config.train.pack_texts'),  # must divide batch_size 32
+    ('train.keep_checkpoints', 0, 'config.train.keep_checkpoints'),
+    ('train.log_every', 0, 'config.train.log_every'),
+    ('train.profile_steps', -1, 'config.train.profile_steps'),
+    ('mesh.rules', (('embed', 'model'),), 'config.mesh.rules'),
+    ('dry_run.devices', 0, 'config.dry_run.devices'),
+]
+
+
+@pytest.mark.parametrize('field,value,named', BAD_VALUES)
 def test_bad_value_names_field(field, value, named):
   config = load('default')
   node = config
@@ -112,16 +149,34 @@ def test_global_batch_must_split_over_the_data_axis():
   config_lib.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize('field,value,named', [
+BAD_EVALUATORS = [
     ('evals.val.type', 'bleu', 'config.evals.val.type'),
     ('evals.val.every', -1, 'config.evals.val.every'),
     ('evals.val.batches', 0, 'config.evals.val.batches'),
     ('evals.val_map.max_ids', -5, 'config.evals.val_map.max_ids'),
     ('evals.zero_shot.langs', 'en,xx', 'config.eval.langs'),  # the same field
     ('evals.val_map.type', 'xquad_r', 'config.evals.val_map'),  # takes no max_ids field
-])
+    ('evals.val_map.every', -1, 'config.evals.val_map.every'),
+    ('evals.zero_shot.every', -1, 'config.evals.zero_shot.every'),
+    ('evals.zero_shot.type', 'msmarco', 'config.eval.benchmark'),  # the same field
+]
+
+
+@pytest.mark.parametrize('field,value,named', BAD_EVALUATORS)
 def test_bad_evaluator_names_field(field, value, named):
   test_bad_value_names_field(field, value, named)
+
+
+def test_every_field_has_a_bad_value_case():
+  """Each field of configs/default.py is refused at start with some bad value (the cases above)."""
+  def fields(node, prefix=''):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict) and key != 'arch':  # arch: one field
+        yield from fields(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key}'
+  tested = {field for field, _, _ in BAD_VALUES + BAD_EVALUATORS}
+  assert sorted(set(fields(load('default'))) - tested) == []
 
 
 def test_two_evaluators_of_one_benchmark_are_refused():
