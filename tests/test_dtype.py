@@ -50,3 +50,33 @@ def test_auto_is_the_default_and_is_logged(caplog):
 def test_bad_dtype_fails():
   with pytest.raises(ValueError, match='config.model.dtype'):
     dtype_lib.resolve('float16', 'cpu', frozenset())
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr`, those of its sub-jaxprs (jit, scan, custom_vjp) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, 'jaxpr', sub)
+        if hasattr(sub, 'eqns'):
+          yield from _equations(sub)
+
+
+@pytest.mark.parametrize('name', ['float32', 'bfloat16'])
+def test_config_dtype_reaches_the_model_matmuls(name, tiny_checkpoint):
+  """build.load gives the encoder config.model.dtype, and its dense matmuls take that dtype."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from hbt.model import build  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.source, config.model.checkpoint = 'hf', str(tiny_checkpoint)
+  config.model.dtype = name
+  model = build.load(config.model)
+  assert model.module.dtype == jnp.dtype(name)
+  ids = np.full((2, 6), 5, np.int32)
+  jaxpr = jax.make_jaxpr(model.module.apply)({'params': model.params}, ids, np.ones_like(ids))
+  dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == 'dot_general']
+  assert len(dots) >= 6  # q, k, v, out, mlp_in, mlp_out (scanned layers: once each)
+  assert {v.aval.dtype for e in dots for v in e.invars} == {jnp.dtype(name)}
