@@ -8,6 +8,8 @@ from there as in a real run.
 import ast
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from hbt.experiments import sweep as sweep_lib
 
 LANGS = ('en', 'de', 'th')  # th is not an MLQA-R language: unseen when training on MLQA-R.
 NUM_QUESTIONS = 40
+REPO = pathlib.Path(__file__).resolve().parents[1]
 ARMS = ('x_x_mono', 'x_y', 'hybrid')
 EFFECTS = {'x_x_mono': 0.0, 'x_y': 0.0, 'hybrid': 0.08, 'hybrid_twin': 0.08}  # AP added per query
 
@@ -226,6 +229,57 @@ def test_only_and_dry_run(tmp_path):
   commands = [l for l in lines if 'hbt.main' in l]
   assert len(commands) == 3 * 2  # train + eval for the three hybrid seeds
   assert not (tmp_path / 's').exists()
+
+
+def test_cli_dry_run_prints_the_runs_it_would_run_and_writes_nothing(tmp_path):
+  """python -m hbt.experiments.sweep --only --max_runs --dry_run on a toy sweep file: the commands
+  of the first --max_runs unfinished runs that --only names, finished ones skipped, no file."""
+  sweep_file = tmp_path / 'toy.py'
+  sweep_file.write_text(f'def get_sweep():\n  return {spec()!r}\n')
+  summaries = tmp_path / 'summaries'
+  zero_shot = sweep_lib.runs(spec())[0]
+  summary_lib.write(summaries / f'{zero_shot["name"]}.json.gz',
+                    fake_run(spec(), zero_shot, tmp_path / 'zero_shot'))
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+  result = subprocess.run(
+      [sys.executable, '-m', 'hbt.experiments.sweep', f'--sweep={sweep_file}',
+       f'--workdir={tmp_path / "runs"}', f'--summaries={summaries}',
+       '--only=*.zero_shot,*.hybrid.*,*.x_y.seed2', '--max_runs=2', '--dry_run'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  commands = [line.split() for line in result.stdout.splitlines() if 'hbt.main' in line]
+  # zero_shot is done; hybrid seeds 0 and 1 are the first two to run (train, then eval).
+  assert [(c[c.index('-m') + 2], c[-1]) for c in commands] == [
+      ('--config=configs/xquad.py', '--config.mode=train'),
+      ('--config=configs/xquad.py', '--config.mode=eval')] * 2
+  assert [c[c.index('-m') + 3] for c in commands] == [
+      f'--workdir={tmp_path / "runs" / f"mlqa_to_xquad.hybrid.seed{s}"}' for s in (0, 0, 1, 1)]
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before
+
+
+def test_the_mono_target_sweep_varies_temperature_and_learning_rate_of_the_hybrid_arm():
+  """configs/sweeps/mono_target.py: the strategies sweep's hybrid run (temperature 0.05), with
+  the temperature, the learning rate or both changed; its committed summaries match it."""
+  mono, strategies = (sweep_lib.load_sweep(f'configs/sweeps/{n}.py')
+                      for n in ('mono_target', 'strategies'))
+  runs = sweep_lib.runs(mono)
+  expected = {'temp0_01': (3e-5, 0.01), 'lr1e5_temp0_01': (1e-5, 0.01), 'lr1e5': (1e-5, 0.05),
+              'temp0_02': (3e-5, 0.02)}
+  assert [r['name'] for r in runs] == ['mlqa_to_xquad.zero_shot'] + [
+      f'mlqa_to_xquad.{arm}.seed0' for arm in expected]
+  hybrid = next(r for r in sweep_lib.runs(strategies) if r['name'] == 'mlqa_to_xquad.hybrid.seed0')
+  assert sweep_lib.run_config(hybrid).train.loss_temperature == 0.05
+  for run in runs[1:]:
+    train = sweep_lib.run_config(run).train
+    assert (train.learning_rate, train.loss_temperature) == expected[run['arm']], run['name']
+    a, b = run['overrides'], hybrid['overrides']
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= {
+        'train.learning_rate', 'train.loss_temperature'}
+  folder = REPO / 'docs' / 'results' / 'runs' / 'mono_target'
+  finished = [r for r in runs if (folder / f'{r["name"]}.json.gz').exists()]
+  assert len(finished) >= 3  # zero-shot, temp0_01 and lr1e5_temp0_01 are committed
+  for run in finished:  # raises if a summary was made under other settings
+    sweep_lib.check_finished(run, folder / f'{run["name"]}.json.gz')
 
 
 def test_summary_holds_figures_groups_and_per_query_ap(tmp_path):

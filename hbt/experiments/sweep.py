@@ -260,7 +260,7 @@ def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: st
   workdir, summaries = pathlib.Path(workdir), pathlib.Path(summaries)
   todo = [r for r in runs(spec)
           if not only or any(fnmatch.fnmatch(r['name'], p) for p in only.split(','))]
-  done, skipped, ran = [], [], []
+  done, skipped, ran, shown = [], [], [], []
   if not dry_run:  # in the sweep's order (arms, directions), for the report
     io.write_atomic(summaries / SPEC_FILE, json.dumps(spec, indent=1).encode())
   for i, run in enumerate(todo):
@@ -269,9 +269,10 @@ def run_sweep(spec: dict, workdir, summaries, *, run_fn=run_subprocess, only: st
       check_finished(run, path)
       skipped.append(run['name'])
       continue
-    if max_runs and len(ran) >= max_runs:
+    if max_runs and len(ran) + len(shown) >= max_runs:
       break
-    if dry_run:
+    if dry_run:  # what a run without --dry_run would run, --max_runs included
+      shown.append(run['name'])
       modes = ['eval'] if run['arm'] == ZERO_SHOT else ['train', 'eval']
       for mode in modes:
         log(' '.join(command(run, workdir / run['name'], mode)))
