@@ -1,6 +1,8 @@
 """The results report, rendered from small synthetic summaries that the test writes."""
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -328,3 +330,29 @@ def test_header_names_the_code_of_the_runs_and_warns_when_it_differs(summaries, 
   said = report.code_versions(mixed)
   assert '2 commits' in said and '`aaaaaaaaaaaa` (2 runs)' in said and '`bbbbbbbbbbbb` (1 run)' in said
   assert 'confounds' in said
+
+
+def _report_cli(*flags):
+  return subprocess.run([sys.executable, '-m', 'hbt.experiments.report', *flags],
+                        cwd=test_sweep.REPO, capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def test_cli_builds_the_report_from_summaries(summaries, tmp_path):
+  """python -m hbt.experiments.report --runs --out writes the report write_report writes; a
+  folder without summaries is one error line and status 2."""
+  out = tmp_path / 'docs' / 'results.md'
+  result = _report_cli(f'--runs={summaries}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == f'wrote {out}'
+  text = out.read_text()
+  assert '<!-- begin sweep toy -->' in text and 'hybrid beat X-X-mono' in text
+  assert list((tmp_path / 'docs' / 'results').glob('*.png'))
+  report.write_report(summaries, out)  # in process, over the CLI's: the same document
+  assert out.read_text() == text
+  (tmp_path / 'empty').mkdir()
+  result = _report_cli(f'--runs={tmp_path / "empty"}', f'--out={tmp_path / "x.md"}')
+  last = result.stderr.splitlines()[-1]
+  assert result.returncode == 2 and last == f'error: {tmp_path / "empty"}: no run summaries (*.json.gz)'
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'x.md').exists()
