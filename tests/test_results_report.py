@@ -352,7 +352,8 @@ def test_cli_builds_the_report_from_summaries(summaries, tmp_path):
   assert out.read_text() == text
   (tmp_path / 'empty').mkdir()
   result = _report_cli(f'--runs={tmp_path / "empty"}', f'--out={tmp_path / "x.md"}')
-  last = result.stderr.splitlines()[-1]
-  assert result.returncode == 2 and last == f'error: {tmp_path / "empty"}: no run summaries (*.json.gz)'
+  assert result.returncode == 2
+  assert result.stderr.splitlines()[-1] == (
+      f'error: {tmp_path / "empty"}: no run summaries (*.json.gz)')
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'x.md').exists()
