@@ -218,17 +218,27 @@ _ABSENT = object()
 
 
 def check_run_fields(config, workdir) -> None:
-  """Raises ValueError if config.model differs from what the run in workdir recorded."""
+  """Raises ValueError if config.model differs from what the run in workdir recorded.
+
+  A run_fields.json that lacks one of the fields compared (another layout of
+  hbt.train.loop.run_fields) is refused too: the check must not pass by comparing nothing.
+  Checkpoints without a run_fields.json (not made by the training loop) are not checked.
+  """
   path = checkpoint.checkpoint_dir(workdir) / checkpoint.RUN_FIELDS
   if not path.exists():
     return
-  recorded, diff = io.read_json(path), []
+  recorded, diff, missing = io.read_json(path), [], []
   for keys, field in _RUN_MODEL_FIELDS.items():
     value = recorded
     for key in keys:
       value = value.get(key, _ABSENT) if isinstance(value, dict) else _ABSENT
-    if value is not _ABSENT and value != config.model[field]:
+    if value is _ABSENT:
+      missing.append('.'.join(keys))
+    elif value != config.model[field]:
       diff.append(f'config.model.{field}: {value!r} in the run, {config.model[field]!r} here')
+  if missing:
+    raise ValueError(f'{path} records no {", ".join(missing)}, so whether --config matches the '
+                     'run is unknown: export with the version of hbt that trained it.')
   if diff:
     raise ValueError(f'--config does not match the run in {workdir} ({path}): {"; ".join(diff)}. '
                      'Pass the config file and overrides the run used.')

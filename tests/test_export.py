@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import sentence_transformers
 from tokenizers import normalizers
 import torch
@@ -28,9 +29,12 @@ from hbt.model import build
 from hbt.model import encoder
 from hbt.model import tokenizer as tokenizer_lib
 from hbt.model import weights
+from hbt.train import adversarial
 from hbt.train import checkpoint
+from hbt.train import loop
 from hbt.train import step as step_lib
 from tests import conftest
+from tests import runs
 from tests import test_weights
 
 QUERY_PREFIX, PASSAGE_PREFIX = 'query: ', 'passage: '
@@ -238,35 +242,81 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
     export.export(tmp_path, module, random_params(module, 0), tok)
 
 
+def tiny_run_state(config):
+  """(the pretrained model of config.model, the TrainState the training loop starts from)."""
+  model = build.load(config.model)
+  state, _, _ = loop.init_state(config, model, sharding.make_mesh(config.mesh))
+  return model, state
+
+
+def moved(state, step: int):
+  """A "trained" state at `step`: every trainable param moved (differently at each step)."""
+  key = jax.random.key(step)
+  return state.replace(step=jnp.asarray(step, state.step.dtype), params=jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(key, p.shape), state.params))
+
+
+def run_export_cli(checkpoint_folder, workdir, out, *flags):
+  """python -m hbt.export on the tiny mE5-style model (float32, max_length 32)."""
+  overrides = {'model.source': 'hf', 'model.checkpoint': str(checkpoint_folder),
+               'model.dtype': 'float32', 'model.max_length': 32}
+  result = subprocess.run(
+      [sys.executable, '-m', 'hbt.export', '--config=configs/default.py', f'--workdir={workdir}',
+       f'--out={out}', *(f'--config.{k}={v}' for k, v in overrides.items()), *flags],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def assert_exported(folder, params):
+  """The folder's model.safetensors holds exactly the HF tensors of the encoder `params`."""
+  exported = safetensors.numpy.load_file(str(folder / 'model.safetensors'))
+  want = weights.hf_state_dict(jax.device_get(params))
+  assert sorted(exported) == sorted(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
 def test_cli_exports_the_trained_checkpoint(tmp_path):
   """python -m hbt.export restores the run's checkpoint (not the pretrained params) and exports."""
   folder, config = tiny_e5_config(tmp_path)
-  overrides = {'model.source': 'hf', 'model.checkpoint': str(folder), 'model.dtype': 'float32',
-               'model.max_length': 32}
   config.model.dtype, config.model.max_length = 'float32', 32
-  model = build.load(config.model)
-  mesh = sharding.make_mesh(config.mesh)
-  tx = step_lib.make_optimizer(config.train)
-  shardings = step_lib.state_shardings(model.module, tx, mesh, config.mesh.rules, True)
-  state = step_lib.create_state(model.params, tx, shardings, True)
-  # A "trained" state: every trainable param moved.
-  state = state.replace(step=state.step + 7, params=jax.tree.map(
-      lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), state.params))
+  model, state = tiny_run_state(config)
+  state = moved(state, 7)
   workdir = tmp_path / 'run'
   checkpoint.save(checkpoint.manager(workdir, 2), state)
   out = tmp_path / 'out'
-  result = subprocess.run(
-      [sys.executable, '-m', 'hbt.export', '--config=configs/default.py', f'--workdir={workdir}',
-       f'--out={out}', *(f'--config.{k}={v}' for k, v in overrides.items())],
-      cwd=conftest.REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f'exported step 7 of {workdir}' in result.stdout
+  stdout = run_export_cli(folder, workdir, out)
+  assert f'exported step 7 of {workdir}' in stdout
   trained = jax.device_get(step_lib.merge_params(state))
   check_sentence_transformers(out, model.module, trained, model.tokenizer, test_weights.TEXTS)
   pretrained, _, _ = hbt_embed(model.module, model.params, model.tokenizer, test_weights.TEXTS,
                                'query')
   exported, _, _ = hbt_embed(model.module, trained, model.tokenizer, test_weights.TEXTS, 'query')
   assert np.max(np.abs(exported - pretrained)) > 1e-2  # the checkpoint, not the pretrained model
+
+
+def test_cli_exports_the_best_step_or_the_step_named(tmp_path):
+  """--step=best: the kept checkpoint of lowest validation loss, here not the latest; --step=N:
+  step N; a step not kept is refused, listing those that are."""
+  folder, config = tiny_e5_config(tmp_path)
+  config.model.dtype, config.model.max_length = 'float32', 32
+  model, state = tiny_run_state(config)
+  workdir = tmp_path / 'run'
+  mngr = checkpoint.manager(workdir, 2)
+  states = {step: moved(state, step) for step in (3, 5, 7)}
+  for step, val_loss in ((3, 0.4), (5, None), (7, 0.6)):  # 5: saved between validations
+    assert checkpoint.save(mngr, states[step], val_loss)
+  assert list(mngr.all_steps()) == [3, 5, 7]
+  stdout = run_export_cli(folder, workdir, tmp_path / 'best', '--step=best')
+  assert f'exported step 3 of {workdir}' in stdout
+  assert_exported(tmp_path / 'best', step_lib.merge_params(states[3]))
+  _, params, step = export.trained_params(config, workdir, '5')
+  assert step == 5
+  export.export(tmp_path / 'five', model.module, params, model.tokenizer)
+  assert_exported(tmp_path / 'five', step_lib.merge_params(states[5]))
+  with pytest.raises(FileNotFoundError, match=r'--step=4 \(it holds steps \[3, 5, 7\]\)'):
+    export.trained_params(config, workdir, '4')
 
 
 def test_cli_without_a_checkpoint_says_so(tmp_path):
@@ -287,3 +337,41 @@ def test_config_must_match_the_run(tmp_path):
   with pytest.raises(ValueError, match=r"config.model.query_prefix: 'query: ' in the run, 'q: ' "
                                        r"here; config.model.pooling: 'auto' in the run, 'cls'"):
     export.trained_params(config, tmp_path / 'run')
+
+
+def test_real_run_record_and_discriminator(tiny_checkpoint, data_dir, tmp_path):
+  """A tiny real run with the language discriminator (train.adversarial.weight > 0): its
+  checkpoint holds the discriminator and the export does not; the run_fields.json the training
+  loop wrote passes the run's own config, refuses another query prefix, and a record without the
+  fields compared is refused too."""
+  from tests import test_train  # pylint: disable=g-import-not-at-top
+  config = test_train.tiny_config(tiny_checkpoint, data_dir, 2, **{
+      'mode': 'train', 'train.adversarial.weight': 0.1, 'train.adversarial.hidden': 8})
+  workdir = tmp_path / 'run'
+  loop.run(config, str(workdir))
+  step, saved = runs.restore_params(workdir)
+  assert step == 2 and adversarial.NAME in saved
+  model, params, chosen = export.trained_params(config, workdir)
+  assert chosen == 2
+  export.export(tmp_path / 'out', model.module, params, model.tokenizer)
+  encoder = {k: v for k, v in saved.items() if k != adversarial.NAME}
+  pretrained = {k: model.params[k] for k in encoder}
+  assert any(not np.array_equal(a, b)  # trained: the export below is not the pretrained model
+             for a, b in zip(jax.tree.leaves(encoder), jax.tree.leaves(pretrained)))
+  assert_exported(tmp_path / 'out', {**encoder, **{k: model.params[k] for k in
+                                                   step_lib.FROZEN_WHEN_FREEZING}})
+  names = safetensors.numpy.load_file(str(tmp_path / 'out' / 'model.safetensors'))
+  assert not [n for n in names if adversarial.NAME in n or 'adversarial' in n]
+
+  export.check_run_fields(config, workdir)  # the run's own config
+  config.model.query_prefix = 'q: '
+  with pytest.raises(ValueError, match=r"config.model.query_prefix: 'query: ' in the run, 'q: ' "
+                                       r"here"):
+    export.trained_params(config, workdir)
+  config.model.query_prefix = 'query: '
+  path = checkpoint.checkpoint_dir(workdir) / checkpoint.RUN_FIELDS
+  record = json.loads(path.read_text())
+  del record['batches']['model']['query_prefix']
+  path.write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=r'records no batches.model.query_prefix, so whether'):
+    export.trained_params(config, workdir)
