@@ -6,7 +6,10 @@ checkpoints) and their contents.
 """
 
 import collections
+import copy
+import hashlib
 import json
+import re
 
 import jax
 import numpy as np
@@ -14,8 +17,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
+from hbt import config_lib
 from hbt import io
+from hbt.batches import input_pipeline
 from hbt.data import pairs as pairs_lib
+from hbt.data import squad_r
 from hbt.eval import evaluators
 from hbt.eval import report as eval_report
 from hbt.train import checkpoint
@@ -57,13 +63,38 @@ def test_jsonl_writer_reopened_at_a_step_drops_the_later_lines(tmp_path):
 
 
 def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
-  config = tiny_config(tiny_checkpoint, data_dir, 4, **{'evals.zero_shot.every': 3})
+  # A second benchmark evaluator, as README's "Evaluators" adds one in a config file.
+  config = tiny_config(tiny_checkpoint, data_dir, 4, **{
+      'evals.zero_shot.every': 3, 'evals.mlqa_r': {'type': 'mlqa_r', 'every': 0, 'langs': 'de,es'}})
+  config_lib.validate(config)
+  train_pairs, _ = loop.training_pairs(config)
   results = loop.run(config, str(tmp_path))  # a str workdir, through epath
 
   records = read_metrics(tmp_path)
   assert sorted(values(records, 'train/loss')) == [2, 4]
   assert all(np.isfinite(v) for v in values(records, 'train/loss').values())
   assert set(values(records, 'train/l2_grads')) == {2, 4}
+  # The other training metrics of README's metrics.jsonl row. Accuracy: the mean over 2 steps of
+  # the in-batch top-1 accuracy of 8 queries, so a multiple of 1/16. The learning rate of the
+  # step's last update (count step - 1): linear warmup over 2 steps to 1e-3, linear decay to 0 at 4.
+  for step, accuracy in values(records, 'train/accuracy').items():
+    assert 0 <= accuracy <= 1 and accuracy * 16 == pytest.approx(round(accuracy * 16)), step
+  assert sorted(values(records, 'train/accuracy')) == [2, 4]
+  assert values(records, 'train/learning_rate') == pytest.approx(
+      {s: np.interp(s - 1, [0, 2, 4], [0, 1e-3, 0]) for s in (2, 4)})
+  assert sorted(values(records, 'train/pairs_per_s')) == [2, 4]
+  assert all(v > 0 for v in values(records, 'train/pairs_per_s').values())
+  # clu's progress report, every train.log_every steps after the first.
+  assert sorted(values(records, 'steps_per_sec')) == [2, 4]
+  assert all(v > 0 for v in values(records, 'steps_per_sec').values())
+  uptime = values(records, 'uptime')
+  assert sorted(uptime) == [2, 4] and 0 < uptime[2] < uptime[4]
+  # TensorBoard holds the same values as metrics.jsonl: every (step, tag), to float32.
+  logged = {(r['step'], k): v for r in records for k, v in r.items() if k != 'step'}
+  scalars = runs.tensorboard_scalars(tmp_path)
+  assert scalars.keys() == logged.keys()
+  for key, value in logged.items():
+    assert scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
   assert sorted(values(records, 'val/loss')) == [0, 2, 4]  # step 0, every 2, the last step
   assert sorted(values(records, 'val_map/mono/ap')) == [0, 3, 4]
   assert sorted(values(records, 'zero_shot/mono/ap')) == [0, 3, 4]
@@ -78,6 +109,16 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   assert after['step'] == 4
   assert values(records, 'zero_shot/mono/ap')[4] == pytest.approx(after['summary']['mono']['ap'])
   assert (eval_dir / 'val_map_step3.json').exists()
+  # The mlqa_r evaluator: its before/after reports on its languages, its metrics at steps 0, 4.
+  for name in ('mlqa_r_before', 'mlqa_r_after'):
+    saved = json.loads((eval_dir / f'{name}.json').read_text())
+    assert saved['benchmark'] == 'mlqa_r' and saved['langs'] == ['de', 'es']
+    assert len(saved['pairs']) == 4 and (eval_dir / f'{name}.png').exists()
+  mlqa_after = json.loads((eval_dir / 'mlqa_r_after.json').read_text())
+  assert mlqa_after['step'] == 4 and not list(eval_dir.glob('mlqa_r_step*'))
+  assert sorted(values(records, 'mlqa_r/mono/ap')) == [0, 4]
+  assert values(records, 'mlqa_r/cross/ap')[4] == pytest.approx(
+      mlqa_after['summary']['cross']['ap'])
   # Step 3's benchmark evaluation: its JSON and per-query file, no heatmap, no TREC files.
   assert sorted(p.name for p in eval_dir.glob('xquad_r_step*')) == [
       'xquad_r_step3.json', 'xquad_r_step3_per_query.npz']
@@ -85,7 +126,7 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   # TREC run files of the final figures only: the benchmark after training (not before, not
   # step 3, not val_map), the top config.eval.trec_depth (100) candidates of every query.
   langs = ('en', 'de', 'th')
-  assert [p.name for p in (eval_dir / 'trec').iterdir()] == ['xquad_r_after']
+  assert sorted(p.name for p in (eval_dir / 'trec').iterdir()) == ['mlqa_r_after', 'xquad_r_after']
   assert sorted(p.name for p in (eval_dir / 'trec' / 'xquad_r_after').iterdir()) == sorted(
       [f'{x}-{y}.run' for x in langs for y in langs] + [f'multi-{x}.run' for x in langs]
       + [f'{y}.qrels' for y in langs] + ['multi.qrels'])
@@ -113,7 +154,25 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
       json.loads((eval_dir / 'xquad_r_before.json').read_text())['summary']['mono']['ap'])
   assert sum(summary['describe']['kinds'].values()) == 4
   assert results['summary'] == summary
-  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  # Wall times: the whole run, and within it the training loop (its evaluations included).
+  assert 0 < summary['train_s'] <= summary['wall_s'] and summary['train_s'] == results['train_s']
+  assert summary['evals']['mlqa_r']['groups'] == {'all languages': ['de', 'es'],
+                                                  'seen in training': ['de', 'es']}
+  # The sentence overlap with the training pairs (MLQA-R en, de, es). XQuAD-R shares none (README,
+  # "What keeps a comparison fair"); th is not trained on. The mlqa_r evaluator's benchmark is the
+  # training data itself: each training query is one of its queries, each positive a candidate.
+  for name, shared_langs in (('zero_shot', ()), ('mlqa_r', ('de', 'es'))):
+    overlap = summary['evals'][name]['sentence_overlap']
+    assert sorted(overlap['langs']) == sorted(summary['evals'][name]['groups']['all languages'])
+    for lang, counts in overlap['langs'].items():
+      queries = {train_pairs.query(lang, i).strip() for i in train_pairs.ids.get(lang, ())}
+      positives = {train_pairs.positive(lang, i).strip() for i in train_pairs.ids.get(lang, ())}
+      assert counts['train'] == len(queries | positives) and counts['eval'] > 0
+      assert (counts['shared_queries'], counts['shared_candidates']) == (
+          (len(queries), len(positives)) if lang in shared_langs else (0, 0)), (name, lang)
+      assert counts['shared'] == (counts['train'] if lang in shared_langs else 0), (name, lang)
+    assert overlap['total']['shared'] == sum(c['shared'] for c in overlap['langs'].values())
+  assert summary['evals']['zero_shot']['sentence_overlap']['langs']['th']['train'] == 0
 
   mngr = checkpoint.manager(tmp_path, keep=2)
   assert sorted(mngr.all_steps()) == [2, 4]
@@ -121,11 +180,12 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
 
   # Eval mode on the same workdir evaluates the last checkpoint, and writes eval/xquad_r.json.
   config.mode = 'eval'
+  del config.evals['mlqa_r']
   config.eval.langs = 'en'
   config.eval.trec_depth = 0  # no TREC files
   out = loop.run(config, tmp_path)
   assert out['zero_shot']['langs'] == ['en'] and (eval_dir / 'xquad_r.json').exists()
-  assert [p.name for p in (eval_dir / 'trec').iterdir()] == ['xquad_r_after']
+  assert sorted(p.name for p in (eval_dir / 'trec').iterdir()) == ['mlqa_r_after', 'xquad_r_after']
   evaluated = json.loads((eval_dir / 'xquad_r.json').read_text())
   before = json.loads((eval_dir / 'xquad_r_before.json').read_text())
   # Not bitwise: encoding en alone batches the texts otherwise than en, de, th together (float
@@ -134,6 +194,83 @@ def test_train_and_evaluate(tiny_checkpoint, data_dir, tmp_path):
   ap = evaluated['pairs']['en-en']['ap']
   assert ap == pytest.approx(after['pairs']['en-en']['ap'], abs=1e-4)
   assert abs(ap - before['pairs']['en-en']['ap']) > 3e-4
+
+
+def test_jsonl_pairs_prepare_train_and_resume_only_under_the_same_config(tiny_checkpoint,
+                                                                          data_dir, tmp_path):
+  """README's own pairs (`data.train=pairs.jsonl`, with hard negatives), `mode=prepare` (shards
+  only), and a workdir resumed under the same config but refused under another."""
+  bench = pairs_lib.from_benchmark(squad_r.load_benchmark('xquad_r', data_dir,
+                                                         ['en', 'de', 'es', 'th']))
+  ids = bench.ids['en'][:40]
+  path = tmp_path / 'pairs.jsonl'
+  with path.open('w', encoding='utf-8') as f:  # README's format; negative: another id's positive
+    for lang in bench.langs:
+      for i, qid in enumerate(ids):
+        f.write(json.dumps({'id': qid, 'lang': lang, 'query': bench.query(lang, qid),
+                            'positive': bench.positive(lang, qid),
+                            'negatives': [bench.positive(lang, ids[i - 1])]},
+                           ensure_ascii=False) + '\n')
+  workdir = tmp_path / 'run'
+  config = tiny_config(tiny_checkpoint, data_dir, 2, **{
+      'mode': 'prepare', 'data.train': str(path), 'train.hard_negatives': 1,
+      'train.lang_clusters': 'a:en,de;b:es'})  # data.train_langs='en,de,es': th is left out
+  del config.evals['val_map']
+  config_lib.validate(config)
+  assert loop.run(config, workdir) == {}
+  assert sorted(p.name for p in workdir.iterdir()) == ['clusters.json', 'shards']
+  [shard_dir] = list((workdir / 'shards').iterdir())
+  manifest = json.loads((shard_dir / 'manifest.json').read_text())
+  assert sorted(p.name for p in shard_dir.iterdir()) == sorted(['manifest.json',
+                                                                *manifest['shards']])
+  assert manifest['fields']['train'] == {
+      'path': str(path), 'sha256': hashlib.sha256(path.read_bytes()).hexdigest()}
+  assert manifest['hard_negatives'] == 1 and manifest['lengths']['negative']['num_texts'] == 16
+  assert set(manifest['describe']['query_langs']) | set(
+      manifest['describe']['positive_langs']) <= {'en', 'de', 'es'}
+  assert any(q != p for q, p in (pair.split('-') for pair in manifest['describe']['lang_pairs']))
+  for batch in input_pipeline.as_numpy(input_pipeline.make_dataset(shard_dir)):
+    assert set(batch['ids']) <= set(ids) and batch['negative_tokens'].size
+
+  config.mode = 'train'
+  results = loop.run(config, workdir)
+  assert results['steps'] == (0, 2)
+  assert [p.name for p in (workdir / 'shards').iterdir()] == [shard_dir.name]  # reused
+  records = read_metrics(workdir)
+  assert np.isfinite(values(records, 'train/loss')[2]) and sorted(values(records, 'val/loss')) == [
+      0, 2]
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  run_fields = (ckpt_dir / checkpoint.RUN_FIELDS).read_text()
+
+  # The same config resumes (from the last step: nothing left to train).
+  results = loop.run(config, workdir)
+  assert results['steps'] == (2, 2) and int(results['state'].step) == 2
+  # Another alpha (other batches) or learning rate (other updates) is refused, naming the field.
+  for field, value, message in (('alpha', 0.3, 'batches.alpha: 0.5 -> 0.3'),
+                                ('learning_rate', 2e-3, 'train.learning_rate: 0.001 -> 0.002')):
+    changed = copy.deepcopy(config)
+    changed.train[field] = value
+    with pytest.raises(ValueError, match='holds checkpoints of another run; differing fields '
+                       rf'\(stored -> this config\): {re.escape(message)}\. '):
+      loop.run(changed, workdir)
+  assert sorted(p.name for p in ckpt_dir.iterdir()) == ['2', checkpoint.RUN_FIELDS]
+  assert (ckpt_dir / checkpoint.RUN_FIELDS).read_text() == run_fields
+
+
+def test_jsonl_training_pairs_keep_data_train_langs(tmp_path):
+  path = tmp_path / 'pairs.jsonl'
+  path.write_text(''.join(
+      json.dumps({'id': f'q{i}', 'lang': lang, 'query': f'{lang} q{i}', 'positive': f'{lang} p{i}'})
+      + '\n' for lang in ('en', 'de', 'es') for i in range(10)))
+  config = default.get_config()
+  config.data.train, config.data.train_langs = str(path), 'es,de'
+  train, val = loop.training_pairs(config)
+  assert train.langs == ('de', 'es') and set(val.langs) <= {'de', 'es'}  # the file's order
+  assert len(train) + len(val) == 20
+  config.data.train_langs = 'de,fr'
+  with pytest.raises(ValueError, match=rf'config.data.train_langs: {re.escape(str(path))} has no '
+                     r'pairs in fr \(it has en, de, es\)'):
+    loop.training_pairs(config)
 
 
 def test_remote_workdir_holds_every_file_and_resumes(tiny_checkpoint, data_dir, tmp_path,
@@ -231,7 +368,6 @@ def test_validation_batches_hold_each_pair_once_over_processes(tiny_checkpoint, 
                                                                monkeypatch):
   """Every process hands in only its rows: the processes' rows make up the 1-process batch."""
   from hbt import sharding  # pylint: disable=g-import-not-at-top
-  from hbt.data import squad_r  # pylint: disable=g-import-not-at-top
   from hbt.model import build  # pylint: disable=g-import-not-at-top
   config = tiny_config(tiny_checkpoint, data_dir, 4)
   pairs = pairs_lib.from_benchmark(squad_r.load_benchmark('xquad_r', data_dir, ['en', 'de']))

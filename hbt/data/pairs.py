@@ -159,6 +159,12 @@ class PairSet:
         ((lang, i, self.examples[(lang, i)]) for lang in self.langs for i in self.ids[lang]
          if i in keep))
 
+  def in_langs(self, langs: Collection[str]) -> 'PairSet':
+    """The pairs of the languages in `langs` (in this PairSet's language order)."""
+    return _build(
+        ((lang, i, self.examples[(lang, i)]) for lang in self.langs if lang in langs
+         for i in self.ids[lang]))
+
   @classmethod
   def from_benchmark(cls, benchmark: Benchmark) -> 'PairSet':
     """See the module function `from_benchmark`."""

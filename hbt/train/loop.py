@@ -68,6 +68,13 @@ def training_pairs(config) -> tuple[pairs_lib.PairSet, pairs_lib.PairSet]:
         squad_r.load_benchmark(d.train, d.dir or None, d.train_langs or None))
   else:
     pairs = pairs_lib.from_jsonl(d.train)
+    if d.train_langs:
+      langs = [lang.strip() for lang in d.train_langs.split(',')]
+      missing = [lang for lang in langs if lang not in pairs.langs]
+      if missing:
+        raise ValueError(f'config.data.train_langs: {d.train} has no pairs in '
+                         f'{", ".join(missing)} (it has {", ".join(pairs.langs)})')
+      pairs = pairs.in_langs(langs)
   return pairs_lib.split_ids(pairs, d.val_fraction, config.seed)
 
 
