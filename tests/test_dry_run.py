@@ -3,6 +3,7 @@ params and optimizer memory by 8; the CLI mode sets its own simulated device cou
 real step's (alignment terms and the language discriminator on)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -98,6 +99,17 @@ def test_cli_dry_run_sets_its_device_count(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dry run: 4 devices, mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in out.stdout
   assert f"params           {param_count(encoder.Arch(**ARCH)) / 1e6:,.1f} M" in out.stdout
+  # The FLOPs and per-device memory lines BUILD.md promises, with their figures.
+  lines = {line.split(' / ')[0]: line.split(' / ', 1)[1].split(None, 1)[1]
+           for line in out.stdout.splitlines()
+           if line.startswith(('flops /', 'params /', 'opt /', 'temp /', 'peak /'))}
+  total, per_device = map(float, re.findall(r'[\d.]+e[+-]\d+', lines['flops']))
+  assert per_device == pytest.approx(total / 4, rel=1e-3)
+  # At least the matmuls; at this tiny size the optimizer and norms add up to 2/3 more.
+  assert 1.0 <= total / train_flops(encoder.Arch(**ARCH), 8, 8, 16) < 2
+  gib = {k: float(v.split()[0]) for k, v in lines.items() if k != 'flops'}
+  assert set(gib) == {'params', 'opt', 'temp', 'peak'} and gib['peak'] > 0  # GiB, 3 decimals
+  assert gib['peak'] >= gib['params'] + gib['opt']
 
 
 def test_batch_that_the_batch_shards_do_not_divide_fails_naming_the_field():

@@ -149,6 +149,41 @@ def test_multihost_dry_run(stubs):
   assert calls(stubs) == []
 
 
+def test_multihost_starts_every_process_and_returns_a_failure(stubs, tmp_path):
+  """For real (no dry run): N processes in the background, each logging to WORKDIR.process<i>.log;
+  the script waits for all, shows process 0's log and exits with a failed process's status."""
+  bin_dir, calls_file = stubs
+  (bin_dir / 'python').write_text(
+      '#!/usr/bin/env bash\n'
+      f'printf "%s\\n" "python $*" >> {calls_file}\n'
+      'for a in "$@"; do case $a in --process_id=*) id=${a#*=};; esac; done\n'
+      'echo "process $id ran"\n'
+      '[[ $id == 1 ]] && exit 3\n'
+      'exit 0\n')
+  workdir = tmp_path / 'mh'
+  result = launch('multihost.sh', '2', str(workdir), '--config.train.steps=4', stubs=stubs,
+                  env={'HBT_COORDINATOR_PORT': '23456'}, check=False)
+  assert result.returncode == 3, result.stderr
+  assert result.stdout.strip() == 'process 0 ran'  # the tail of process 0's log
+  for i in range(2):
+    assert (tmp_path / f'mh.process{i}.log').read_text() == f'process {i} ran\n'
+  assert sorted(calls(stubs)) == [
+      f'python -m hbt.main --config=configs/xquad.py --workdir={workdir} '
+      f'--coordinator=localhost:23456 --num_processes=2 --process_id={i} --config.train.steps=4'
+      for i in range(2)]
+
+
+@pytest.mark.parametrize('script', [s for s in SCRIPTS if s.name != 'common.sh'],
+                         ids=lambda s: s.name)
+def test_without_arguments_prints_usage(stubs, script):
+  """BUILD.md: 'Run launch/X.sh without arguments for its usage' (its header comment), exit 2."""
+  result = launch(script.name, stubs=stubs, check=False)
+  header = script.read_text().splitlines()[1].lstrip('# ')
+  assert result.returncode == 2 and result.stderr.startswith('error: ')
+  assert header in result.stderr
+  assert calls(stubs) == []
+
+
 RUNS = """# the paper's baselines
 hybrid   --config.train.strategy=hybrid --config.train.alpha=0.5
 x_x_mono --config.train.strategy=x_x_mono

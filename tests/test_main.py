@@ -211,6 +211,9 @@ def test_multihost_env_initializes_jax_distributed_without_arguments(env, initia
     raise _Reached
 
   monkeypatch.setattr(main.config_lib, 'check_batch_split', reached)  # right after the call
+  hidden = []  # BUILD.md: hbt.main hides GPUs from TensorFlow (tf.data only)
+  monkeypatch.setattr(main.tf.config.experimental, 'set_visible_devices',
+                      lambda devices, kind: hidden.append((devices, kind)))
   monkeypatch.delenv('HBT_MULTIHOST', raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)
@@ -221,6 +224,7 @@ def test_multihost_env_initializes_jax_distributed_without_arguments(env, initia
       main.run()
   finally:
     absl_flags.FLAGS.unparse_flags()
+  assert hidden == [([], 'GPU')]
   if not initialized:
     assert calls == []
     return
@@ -229,3 +233,33 @@ def test_multihost_env_initializes_jax_distributed_without_arguments(env, initia
   assert (args['coordinator_address'], args['num_processes'], args['process_id']) == (
       None, None, None)
   assert args['heartbeat_timeout_seconds'] == 100  # --heartbeat_timeout's default
+
+
+@pytest.mark.parametrize('verbosity', [None, '0'])
+def test_other_processes_log_warnings_only_unless_verbosity_is_given(verbosity, tmp_path,
+                                                                    monkeypatch):
+  """BUILD.md: processes other than 0 log warnings only and show no progress bars;
+  --verbosity=0 shows their INFO lines."""
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: None)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  monkeypatch.setattr(main.tf.config.experimental, 'set_visible_devices', lambda *a: None)
+
+  def reached(*_):
+    raise _Reached
+
+  monkeypatch.setattr(main.config_lib, 'check_batch_split', reached)
+  monkeypatch.setenv('HBT_MULTIHOST', '1')
+  argv = ['hbt', f'--config={runs.REPO / "configs" / "xquad.py"}', f'--workdir={tmp_path}']
+  before = absl_logging.get_verbosity()
+  try:
+    main.parse_flags(argv + ([f'--verbosity={verbosity}'] if verbosity else []))
+    if verbosity is None:
+      absl_logging.set_verbosity(absl_logging.INFO)  # as app.run does for an absent --verbosity
+    with pytest.raises(_Reached):
+      main.run()
+    progress, level = main._CONFIG.value.eval.progress, absl_logging.get_verbosity()  # pylint: disable=protected-access
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+    absl_logging.set_verbosity(before)
+  assert progress is False
+  assert level == (absl_logging.WARNING if verbosity is None else absl_logging.INFO)
