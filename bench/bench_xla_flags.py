@@ -1,28 +1,35 @@
 """XLA CPU flags against the default: a 2-layer mE5-small-shaped encoder under each XLA_FLAGS.
 
 Each flag setting runs in its own child process (XLA reads XLA_FLAGS once): forward and
-forward+backward of a [32, 128]-token batch, bf16, best of --repeats after compiling. The BUILD.md
-section "Where the time goes" quotes a run and why hbt sets no flag.
+forward+backward of a [--batch, --length]-token batch ([32, 128] by default), bf16, best of
+--repeats after compiling. --flags picks a subset of the settings ('default' is no flag). The
+BUILD.md section "Where the time goes" quotes a run and why hbt sets no flag.
 
-  python bench/bench_xla_flags.py [--repeats 12] [--rounds 2]
+  python bench/bench_xla_flags.py [--repeats 12] [--rounds 2] [--batch 32] [--length 128]
+      [--flags=default,--xla_cpu_use_onednn=true]
 """
 
 import argparse
-import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
+
+_BENCH = pathlib.Path(__file__).resolve().parent
+if __package__ in (None, ''):
+  sys.path.insert(0, str(_BENCH.parent))
+  sys.path.insert(0, str(_BENCH))
+
+import common  # noqa: E402  (bench/common.py)
 
 FLAGS = ('', '--xla_cpu_use_thunk_runtime=false', '--xla_cpu_enable_fast_math=true',
          '--xla_cpu_use_onednn=true', '--xla_cpu_experimental_onednn_custom_call=true',
          '--xla_cpu_use_xnnpack=true', '--xla_cpu_prefer_vector_width=512',
          '--xla_cpu_experimental_ynn_fusion_type=')
+DEFAULT = 'default'  # --flags' name of '' (no flag)
 
 
-def child(repeats: int) -> None:
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+def child(args) -> None:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -33,10 +40,10 @@ def child(repeats: int) -> None:
                       layer_norm_eps=1e-12, pad_id=1)
   module = encoder.Encoder(arch, dtype=jnp.bfloat16)
   rng = np.random.default_rng(0)
-  ids = jnp.asarray(rng.integers(5, 1000, size=(32, 128)), jnp.int32)
+  ids = jnp.asarray(rng.integers(5, 1000, size=(args.batch, args.length)), jnp.int32)
   mask = jnp.ones_like(ids)
   params = jax.jit(lambda: nn.unbox(module.init(jax.random.key(0), ids, mask))['params'])()
-  weights = jnp.asarray(rng.normal(size=(32, 384)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(args.batch, 384)), jnp.float32)
   fns = {'fwd': jax.jit(lambda p: module.apply({'params': p}, ids, mask)),
          'grad': jax.jit(jax.grad(lambda p: jnp.sum(module.apply({'params': p}, ids, mask)
                                                     * weights)))}
@@ -44,12 +51,12 @@ def child(repeats: int) -> None:
   for name, fn in fns.items():
     jax.block_until_ready(fn(params))
     best = float('inf')
-    for _ in range(repeats):
+    for _ in range(args.repeats):
       start = time.perf_counter()
       jax.block_until_ready(fn(params))
       best = min(best, time.perf_counter() - start)
     out[name] = best
-  print(json.dumps({**out, 'load': os.getloadavg()[0]}), flush=True)
+  common.report({**out, 'load': common.load()})
 
 
 def main() -> int:
@@ -57,26 +64,33 @@ def main() -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--repeats', type=int, default=12)
   parser.add_argument('--rounds', type=int, default=2, help='passes over the flag list')
+  parser.add_argument('--batch', type=int, default=32, help='texts per batch')
+  parser.add_argument('--length', type=int, default=128, help='tokens per text')
+  parser.add_argument('--flags', default=','.join(f or DEFAULT for f in FLAGS),
+                      help=f"comma-separated settings from the list, '{DEFAULT}' for none; pass "
+                           'as --flags=... (the values start with --)')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    child(args.repeats)
+    child(args)
     return 0
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  import common  # pylint: disable=g-import-not-at-top
+  chosen = ['' if f == DEFAULT else f for f in args.flags.split(',')]
+  unknown = [f for f in chosen if f not in FLAGS]
+  if unknown:
+    parser.error(f'unknown --flags {unknown}; choose from {[f or DEFAULT for f in FLAGS]}')
   print(common.machine_header(), flush=True)
+  print(f'2-layer mE5-small-shaped encoder, bf16, [{args.batch}, {args.length}] tokens, best of '
+        f'{args.repeats}; one child process per setting', flush=True)
+  passthrough = ['--child', '--repeats', str(args.repeats), '--batch', str(args.batch),
+                 '--length', str(args.length)]
   for _ in range(args.rounds):
-    for flags in FLAGS:
-      proc = subprocess.run([sys.executable, __file__, '--child', '--repeats', str(args.repeats)],
-                            env={**os.environ, 'XLA_FLAGS': flags}, capture_output=True,
-                            text=True, check=False)
-      lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
-      if not lines:
-        print(f'{flags or "(default)":50s} failed: {proc.stderr[-300:]}', flush=True)
+    for flags in chosen:
+      r = common.run_child(__file__, passthrough, env={**os.environ, 'XLA_FLAGS': flags})
+      if 'error' in r:
+        print(f'{flags or "(default)":50s} failed: {r["error"]}', flush=True)
         continue
-      r = json.loads(lines[-1])
-      print(f'{flags or "(default)":50s} forward {r["fwd"] * 1e3:7.0f} ms, forward+backward '
-            f'{r["grad"] * 1e3:7.0f} ms (load {r["load"]:.1f})', flush=True)
+      print(f'{flags or "(default)":50s} forward {r["fwd"] * 1e3:7.1f} ms, forward+backward '
+            f'{r["grad"] * 1e3:7.1f} ms (load {r["load"]:.1f})', flush=True)
   return 0
 
 

@@ -91,10 +91,12 @@ def torch_peer(arch, state: dict | None, dropout: float = 0.0):
   return model
 
 
-def run_child(script: str, args: list[str], timeout: float | None = None) -> dict:
-  """Runs `python script args` and returns the JSON of its last RESULT line (its output shown)."""
+def run_child(script: str, args: list[str], timeout: float | None = None,
+              env: dict | None = None) -> dict:
+  """Runs `python script args` (in `env`, else this process's environment) and returns the JSON of
+  its last RESULT line, or {'error': the exit status and the output's tail}."""
   proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                        timeout=timeout, check=False)
+                        timeout=timeout, check=False, env=env)
   lines = proc.stdout.splitlines()
   results = [line[len(RESULT):] for line in lines if line.startswith(RESULT)]
   if proc.returncode or not results:

