@@ -124,11 +124,10 @@ def test_bench_encode(tiny_checkpoint, data_dir):
     else:  # parity against each other hbt row: min/mean cosine, float32 on the same weights
       assert len(cosines) == (1 if name in hbt_rows else 2), m[0]
       assert all(c > 0.9999 for pair in cosines for c in map(float, pair.split('/'))), m[0]
-  m = one(lines, rf'ratio hbt/best torch peer \(tokens/s\): {NUM}x \(hbt packed 64 float32 vs '
+  m = one(lines, rf'ratio hbt/best torch peer \(tokens/s\): {NUM}x \((hbt .*) vs '
                  r'torch XLMRobertaModel float32; goal 1.2x\)$')
-  best = min(seconds[r] for r in hbt_rows)
-  assert seconds['hbt packed 64 float32'] == best or seconds['hbt buckets float32'] == best
-  assert ratio_agrees(float(m[1]), seconds['torch XLMRobertaModel float32'], best, 3)
+  assert seconds[m[2]] <= min(seconds[r] for r in hbt_rows) + 0.001, m[0]  # the fastest hbt row
+  assert ratio_agrees(float(m[1]), seconds['torch XLMRobertaModel float32'], seconds[m[2]], 3)
   for name in hbt_rows:
     m = one(lines, rf'  {name} / torch XLMRobertaModel float32 \(tokens/s\): {NUM}x$')
     assert ratio_agrees(float(m[1]), seconds['torch XLMRobertaModel float32'], seconds[name], 3)
