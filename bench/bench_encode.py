@@ -21,8 +21,8 @@ encoding throughput, texts/s and tokens/s (real tokens, specials included, paddi
 and the cosine between their embeddings (parity, between engines of the same model). Each engine
 runs in its own child process (its peak RSS is its own; embeddings come back through a .npy
 file), one after another; the load average is printed with every row, and only ratios from one
-run count. Then it times hbt's
-retrieval metrics on a full-size pool against pytrec_eval (bench/bench_metrics.py).
+run count. Then it times hbt's retrieval metrics on a full-size pool against pytrec_eval
+(bench/bench_metrics.py).
 
 Run: `python bench/bench_encode.py [--texts 3000] [--dtype both] [--langs en,de,ru,zh,ar,hi]`. The
 PyTorch peer needs `pip install -r bench/requirements.txt`; without torch its rows are skipped.

