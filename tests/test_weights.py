@@ -12,6 +12,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import numpy as st_numpy
@@ -472,3 +473,16 @@ def test_unsupported_sentence_transformers_pooling_is_rejected(tmp_path):
   path.write_text(json.dumps(config))
   with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling 'max_tokens'"):
     weights.load_hf(str(tmp_path), QUERY_PREFIX, PASSAGE_PREFIX, MAX_LENGTH)
+
+
+def test_rows_longer_than_the_position_table_fail_instead_of_nan():
+  """jnp.take past the position table would fill the embeddings with NaN, silently."""
+  arch = encoder.Arch(vocab_size=32, hidden=8, layers=1, heads=2, mlp=16, max_positions=10,
+                      type_vocab_size=1, position_offset=2, layer_norm_eps=1e-5, pad_id=1)
+  module = encoder.Encoder(arch)
+  ok = jnp.ones((2, 8), jnp.int32)
+  params = module.init(jax.random.key(0), ok, ok)
+  assert jnp.isfinite(module.apply(params, ok, ok)).all()
+  too_long = jnp.ones((2, 9), jnp.int32)
+  with pytest.raises(ValueError, match=r'rows of 9 tokens need 11 positions; the model has 10'):
+    module.apply(params, too_long, too_long)

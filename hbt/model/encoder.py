@@ -279,6 +279,9 @@ class Encoder(nn.Module):
     token_type = _param(self, 'token_type_embeddings', init, (a.type_vocab_size, a.hidden),
                         (None, 'embed'))
     if num_texts is None:
+      if ids.shape[1] + a.position_offset > a.max_positions:  # jnp.take would give NaN there
+        raise ValueError(f'rows of {ids.shape[1]} tokens need {ids.shape[1] + a.position_offset} '
+                         f'positions; the model has {a.max_positions} (max_positions)')
       positions = (jnp.arange(ids.shape[1]) + a.position_offset)[None]
       attn_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
     else:
