@@ -82,6 +82,9 @@ def test_paired_tests_and_headline_are_computed(summaries, tmp_path):
   assert strong['query_diff'] == pytest.approx(np.mean(mono('hybrid') - mono('x_x_mono')),
                                                abs=1e-4)
   text = report.render(runs, 'runs', 'out.md', tmp_path, 'results')
+  (row,) = [l for l in text.splitlines() if '| hybrid − X-X-mono | mono |' in l]
+  cells = [c.strip() for c in row.split('|')]
+  assert cells[4:6] == [report._signed(strong['diff']), report._signed(strong['query_diff'])]  # pylint: disable=protected-access
   headline = text.split('### Headline (computed)')[1].split('###')[0]
   assert 'hybrid (α' not in headline  # the toy arms carry no alpha override
   assert ('hybrid beat X-X-mono (higher in: mono, cross, multi; lower in: none; seeds 3 and 3)'
@@ -107,15 +110,18 @@ def test_no_summaries_is_a_clear_error(tmp_path):
     report.load(tmp_path)
 
 
-@pytest.mark.parametrize('diff, p, noise, word', [
-    (0.02, 0.001, 0.005, 'higher; seed-to-seed std .005'),
-    (-0.02, 0.001, float('nan'), 'lower; seed noise unknown (one seed)'),
-    (0.004, 0.001, 0.005, 'significant over questions but within the seed noise'),
-    (0.02, 0.2, 0.005, 'no significant difference'),
-    (0.02, None, 0.005, 'untested'),
+@pytest.mark.parametrize('diff, p, noise, word, query_diff', [
+    (0.02, 0.001, 0.005, 'higher; seed-to-seed std .005', None),
+    (-0.02, 0.001, float('nan'), 'lower; seed noise unknown (one seed)', None),
+    (0.004, 0.001, 0.005, 'significant over questions but within the seed noise', None),
+    (0.02, 0.2, 0.005, 'no significant difference', None),
+    (0.02, None, 0.005, 'untested', None),
+    # The macro mAP and the question mean disagree in sign: no verdict either way.
+    (0.02, 0.001, 0.005, 'significant over questions, but the macro mAP moves the other', -0.01),
 ])
-def test_verdict_weighs_the_test_and_the_seed_noise(diff, p, noise, word):
-  c = {'diff': diff, 'p_value': p, 'noise': noise}
+def test_verdict_weighs_the_test_and_the_seed_noise(diff, p, noise, word, query_diff):
+  c = {'diff': diff, 'p_value': p, 'noise': noise, 'query_diff': diff if query_diff is None
+       else query_diff}
   assert report.verdict(c).startswith(word)
   assert report.decisive(c, 1 if diff > 0 else -1) == word.startswith(('higher', 'lower'))
 

@@ -50,9 +50,12 @@ PAIRED_TESTS = (
     'test is the two-sided sign-flip permutation test of the mean difference over questions '
     '(10,000 sign patterns, hbt/experiments/stats.py), with a 95% bootstrap interval. A verdict '
     f'"higher" or "lower" needs p < {ALPHA} (not corrected for the number of tests) and a '
-    'difference larger than the seed-to-seed std of either arm (known from two seeds on). Δ mAP '
-    'is the difference of the macro-averaged mAP of the tables; the seed std is that of each '
-    "arm's mAP over its seeds.")
+    'difference larger than the seed-to-seed std of either arm (known from two seeds on), with '
+    'Δ mAP and Δ questions of the same sign. Δ mAP is the difference of the macro-averaged mAP of '
+    'the tables (every language, or language pair, weighs the same); Δ questions is the mean '
+    'difference over questions, the quantity the interval and p refer to (every question weighs '
+    'the same). They differ where questions are asked in different numbers of languages, as in '
+    "MLQA-R. The seed std is that of each arm's mAP over its seeds.")
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -454,7 +457,7 @@ def decisive(c: dict, sign: int) -> bool:
   With one seed per arm the seed noise is unknown and only the test over questions decides.
   """
   return (c['p_value'] is not None and c['p_value'] < ALPHA and sign * c['diff'] > 0
-          and not abs(c['diff']) <= c['noise'])
+          and sign * c.get('query_diff', c['diff']) > 0 and not abs(c['diff']) <= c['noise'])
 
 
 def verdict(c: dict) -> str:
@@ -463,6 +466,8 @@ def verdict(c: dict) -> str:
     word = 'untested (no per-query AP)'
   elif decisive(c, 1) or decisive(c, -1):
     word = 'higher' if c['diff'] > 0 else 'lower'
+  elif c['p_value'] < ALPHA and c['diff'] * c.get('query_diff', c['diff']) < 0:
+    word = 'significant over questions, but the macro mAP moves the other way'
   elif c['p_value'] < ALPHA:
     word = 'significant over questions but within the seed noise'
   else:
@@ -496,13 +501,14 @@ def table_tests(runs: Runs) -> str:
     for s in SETTINGS:
       c = contrast(runs, d, a, b, s)
       ci = '–' if c['ci95'] is None else f'[{_signed(c["ci95"][0])}, {_signed(c["ci95"][1])}]'
+      qd = '–' if c['p_value'] is None else _signed(c['query_diff'])
       rows.append([runs.column(d),
                    f'{arm_label(runs.spec, a)} − {arm_label(runs.spec, b)}', s,
-                   _signed(c['diff']), ci, _p(c['p_value']), str(c['queries']),
+                   _signed(c['diff']), qd, ci, _p(c['p_value']), str(c['queries']),
                    f'{fmt(c["std_a"])} / {fmt(c["std_b"])}', verdict(c)])
   if not rows:
     return 'No contrast has runs of both arms yet.'
-  return _table(['dataset', 'contrast', 'setting', 'Δ mAP', '95% CI (questions)', 'p',
+  return _table(['dataset', 'contrast', 'setting', 'Δ mAP', 'Δ questions', '95% CI', 'p',
                  'questions', 'seed std a / b', 'verdict'], rows)
 
 
