@@ -120,7 +120,7 @@ def test_batch_that_the_batch_shards_do_not_divide_fails_naming_the_field():
 
 
 def test_remat_cuts_the_activation_memory():
-  arch = encoder.Arch(**{**ARCH, 'layers': 4})
+  arch = encoder.Arch(**{**ARCH, 'layers': 4, 'max_positions': 128})  # passages of 64 tokens
   temp = {}
   for remat in (False, True):
     config = tiny_config((1, 1, 1))
