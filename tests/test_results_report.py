@@ -363,3 +363,47 @@ def test_cli_builds_the_report_from_summaries(summaries, tmp_path):
       f'error: {tmp_path / "empty"}: no run summaries (*.json.gz)')
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'x.md').exists()
+
+
+def test_training_terms_table_by_hand(tmp_path):
+  """The first and last logged value of each training term per arm (mean over seeds, std of the
+  last), InfoNCE from train/loss where it is the only term, and the discriminator's chance."""
+  spec = test_sweep.spec(name='terms', arms={
+      'hybrid': {'train.strategy': 'hybrid'},
+      'hybrid_dann': {'train.strategy': 'hybrid', 'train.adversarial.weight': 0.1}},
+      seeds=(0, 1), contrasts=())
+
+  def curves(arm, seed):
+    if seed is None:  # zero-shot: fake_run writes no curves
+      return None
+    rows = [{'step': 0, 'val/loss': 9.0}]
+    for step in (10, 20):
+      v = step / 10 + seed + (0.5 if arm == 'hybrid_dann' else 0.0)
+      row = {'step': step, 'train/loss': v}
+      if arm == 'hybrid_dann':
+        row.update({'train/info_nce': v - 0.25, 'train/adversarial_loss': 2 * v,
+                    'train/adversarial_accuracy': 0.1 * v, 'train/adversarial_lambda': step / 40})
+      rows.append(row)
+    return rows
+
+  def run_fn(spec_, run, workdir):
+    return test_sweep.fake_run(spec_, run, workdir, curves=curves(run['arm'], run['seed']))
+
+  sweep_lib.run_sweep(spec, tmp_path / 'runs', tmp_path / 'summaries', run_fn=run_fn,
+                      log=lambda _: None)
+  runs = report.Runs(*report.load(tmp_path / 'summaries'))
+  text = report.table_terms(runs)
+  head = _row(text, 'strategy')
+  assert head == ['strategy', 'InfoNCE', 'discriminator loss', 'discriminator accuracy', 'lambda',
+                  'chance', 'seeds']
+  f = lambda first, lasts: f'{report.fmt(first)} -> {report.fmt(np.mean(lasts), np.std(lasts, ddof=1))}'
+  # hybrid: train/loss 1 + seed at step 10, 2 + seed at step 20, seeds 0 and 1.
+  assert _row(text, report.arm_label(runs.spec, 'hybrid'))[1:] == [f(1.5, [2, 3]), '–', '–', '–', '–', '2']
+  # fake_run's batches: queries en 3, de 5; positives en 3, th 5: of the 16 texts, en 6.
+  dann = _row(text, report.arm_label(runs.spec, 'hybrid_dann'))
+  assert dann[1:] == [f(1.75, [2.25, 3.25]), f(4.0, [5.0, 7.0]), f(0.2, [0.25, 0.35]),
+                      f(0.25, [0.5, 0.5]), report.fmt(6 / 16), '2']
+  section = report.render(runs, 'runs', 'out.md', tmp_path, 'results')
+  assert '### Training terms (first -> last log)' in section and text in section
+  # A sweep whose arms train InfoNCE alone gets no such table.
+  assert report.table_terms(report.Runs(runs.spec, runs.get('mlqa_to_xquad', 'hybrid'))) == ''

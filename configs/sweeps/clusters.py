@@ -1,6 +1,6 @@
 """Issue 7 section 2: do cross-lingual pairs drawn within clusters of similar languages beat
 uniformly random pairs? Hybrid batches (alpha 0.5) at the budget of configs/sweeps/strategies_t0_01.py,
-trained on MLQA-R (ar de en es hi vi zh) and evaluated on XQuAD-R, whose el ro ru th tr are unseen
+trained on MLQA-R (ar de en es hi vi zh) and evaluated on XQuAD-R, whose el ru th tr are unseen
 in training; 3 seeds:
 
   hybrid          cross pairs uniform over the ordered language pairs (the baseline)

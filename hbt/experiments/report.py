@@ -17,6 +17,8 @@ the arms are labelled by its value and the final figures are plotted and tabled 
 language and the low-resource mean MRR are given. Runs trained with language clusters
 (train.lang_clusters; the clusters of 'model' come from the run's clusters.json) add the mean
 cross-lingual mAP over the pairs within and across those clusters and with an unseen language.
+Runs that train more than InfoNCE (alignment terms, a language discriminator) add each term's
+first and last logged value, and the discriminator's accuracy against chance.
 
 The paired tests are described in PAIRED_TESTS.
 """
@@ -334,6 +336,69 @@ def table_language_mix(runs: Runs) -> str:
           ['strategy', 'pairs', 'with English', 'same language', 'language pairs',
            'false negatives masked / batch', 'query languages'], rows))
   return '\n\n'.join(parts) if parts else 'No language counts in the summaries.'
+
+
+# ------------------------------------------------------------------------ training terms
+
+# The logged terms of the training objective (hbt.train.step._objective), in table order: the
+# InfoNCE (train/loss where it is the only term), the extra alignment terms and the language
+# discriminator's loss, accuracy and gradient-reversal lambda.
+TERMS = (('info_nce', 'InfoNCE'), ('query_query_loss', 'query-query'),
+         ('passage_passage_loss', 'passage-passage'), ('adversarial_loss', 'discriminator loss'),
+         ('adversarial_accuracy', 'discriminator accuracy'), ('adversarial_lambda', 'lambda'))
+TERMS_NOTE = ('Each training term as logged (the mean over the steps since the previous log), at '
+              'the first and the last log of the run: first -> last, mean over seeds (± std of '
+              'the last). The discriminator predicts the language of each query and positive '
+              'embedding; chance is the share of the most common language among the queries and '
+              'positives of the training pairs.')
+
+
+def term_curve(run: dict, term: str) -> list[tuple[int, float]]:
+  """(step, value) of a training term in a run's curves; InfoNCE falls back to train/loss, which
+  it is when no other term is trained."""
+  rows = run.get('curves') or []
+  key = f'train/{term}'
+  if term == 'info_nce' and not any(key in r for r in rows):
+    key = 'train/loss'
+  return [(r['step'], r[key]) for r in rows if key in r]
+
+
+def table_terms(runs: Runs) -> str:
+  """First and last logged value of every training term, per arm; '' if no arm trains more than
+  InfoNCE."""
+  extra = [t for t, _ in TERMS[1:]
+           if any(term_curve(s, t) for s in runs.trained())]
+  if not extra:
+    return ''
+  terms = [t for t, _ in TERMS if t == 'info_nce' or t in extra]
+  parts = []
+  for d in runs.directions:
+    rows = []
+    for arm in runs.arms:
+      group = runs.get(d, arm)
+      if not group:
+        continue
+      cells = [arm_label(runs.spec, arm)]
+      for t in terms:
+        curves = [c for c in (term_curve(s, t) for s in group) if c]
+        if not curves:
+          cells.append('–')
+          continue
+        first = mean_std([c[0][1] for c in curves])[0]
+        last, std, _ = mean_std([c[-1][1] for c in curves])
+        cells.append(f'{fmt(first)} -> {fmt(last, std)}')
+      if 'adversarial_accuracy' in terms:  # for the arms that trained a discriminator
+        mix = language_mix(group) if any(term_curve(s, 'adversarial_accuracy')
+                                         for s in group) else None
+        cells.append('–' if mix is None else fmt(max(
+            (mix['query'].get(l, 0) + mix['positive'].get(l, 0)) / 2
+            for l in {*mix['query'], *mix['positive']})))
+      rows.append(cells + [str(len(group))])
+    if rows:
+      chance = ['chance'] if 'adversarial_accuracy' in terms else []
+      parts.append(f'**{runs.label(d)}**\n\n' + _table(
+          ['strategy'] + [dict(TERMS)[t] for t in terms] + chance + ['seeds'], rows))
+  return '\n\n'.join(parts)
 
 
 # ------------------------------------------------------------------------ language clusters
@@ -856,6 +921,9 @@ def render(runs: Runs, runs_dir: str, out: str, figures: pathlib.Path, rel: str)
       for s in SETTINGS:
         sections += [f'**{runs.label(d)}, {s} MRR** ({what[s]})',
                      table_languages(runs, d, s, 'mrr')]
+  terms = table_terms(runs)
+  if terms:
+    sections += ['### Training terms (first -> last log)', TERMS_NOTE, terms]
   sections += ['### Language mix of the training batches', table_language_mix(runs)]
   if has_mix:
     sections.append(f'![query languages of the training pairs]({rel}/{runs.name}_langmix.png)')
