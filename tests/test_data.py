@@ -183,6 +183,9 @@ def test_validate_langs():
   assert sources.validate_langs('mlqa_r', None) == sources.MLQA_R.langs
   assert sources.validate_langs('mlqa_r', 'de, en') == ('de', 'en')
   assert sources.validate_langs('xquad_r', ['th']) == ('th',)
+  assert sources.split_langs(' de,en ,') == ('de', 'en', '')
+  with pytest.raises(ValueError, match=r"config\.eval\.langs.*''"):  # an empty entry is refused
+    sources.validate_langs('mlqa_r', 'de,,en', field='config.eval.langs')
   with pytest.raises(ValueError, match=r"config\.eval\.langs.*'el'.*ar, de, en, es, hi, vi, zh"):
     sources.validate_langs('mlqa_r', ['en', 'el'], field='config.eval.langs')
   with pytest.raises(ValueError, match=r"config\.eval\.langs.*'en' given twice"):

@@ -104,6 +104,12 @@ def get(benchmark: str, field: str = 'benchmark') -> Source:
   return source
 
 
+def split_langs(text: str) -> tuple[str, ...]:
+  """The codes of a comma-separated language list, e.g. 'en, de' -> ('en', 'de'); an empty
+  entry stays '' (for validate_langs to refuse)."""
+  return tuple(code.strip() for code in text.split(','))
+
+
 def validate_langs(benchmark: str,
                    langs: str | Iterable[str] | None,
                    field: str = 'langs') -> tuple[str, ...]:
@@ -126,7 +132,7 @@ def validate_langs(benchmark: str,
   if langs is None or (isinstance(langs, str) and not langs.strip()):
     return source.langs
   if isinstance(langs, str):
-    langs = [code.strip() for code in langs.split(',')]
+    langs = split_langs(langs)
   codes = tuple(langs)
   allowed = ', '.join(source.langs)
   if not codes:

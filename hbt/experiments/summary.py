@@ -112,7 +112,7 @@ def train_langs(config) -> list[str]:
   """The languages of the run's training pairs (for the seen / unseen split of the report)."""
   d = config.data
   if d.train_langs:
-    return [l.strip() for l in d.train_langs.split(',') if l.strip()]
+    return [lang for lang in sources.split_langs(d.train_langs) if lang]
   if d.train in sources.SOURCES:
     return list(sources.SOURCES[d.train].langs)
   return []

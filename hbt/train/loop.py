@@ -69,7 +69,7 @@ def training_pairs(config) -> tuple[pairs_lib.PairSet, pairs_lib.PairSet]:
   else:
     pairs = pairs_lib.from_jsonl(d.train)
     if d.train_langs:
-      langs = [lang.strip() for lang in d.train_langs.split(',')]
+      langs = sources.split_langs(d.train_langs)
       missing = [lang for lang in langs if lang not in pairs.langs]
       if missing:
         raise ValueError(f'config.data.train_langs: {d.train} has no pairs in '
