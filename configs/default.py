@@ -138,6 +138,9 @@ def get_config(arg=None):
   config.train.adversarial.schedule = 'dann'
   config.train.adversarial.lambda_max = 1.0  # The largest reversal strength lambda.
   config.train.adversarial.hidden = 0  # Hidden units of the discriminator MLP; 0: linear.
+  # The discriminator's learning rate as a multiple of the encoder's (same schedule): a head
+  # trained from scratch at a fine-tuning rate barely moves in a short run.
+  config.train.adversarial.lr_multiplier = 1.0
   config.train.hard_negatives = 0  # Hard negatives per pair from the pairs file (0 = none).
   config.train.freeze_embeddings = True  # Freeze the word embeddings (96M of mE5-small's 118M).
   config.train.grad_accum_steps = 1  # Split each global batch into this many micro-batches.

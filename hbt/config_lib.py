@@ -162,6 +162,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, 'train.adversarial.schedule', adversarial.SCHEDULES)
   _number(config, 'train.adversarial.lambda_max', 0.0, 100.0)
   _number(config, 'train.adversarial.hidden', 0, 65536, integer=True)
+  _number(config, 'train.adversarial.lr_multiplier', 0.0, 1e6)
   _check(isinstance(t.freeze_embeddings, bool), 'train.freeze_embeddings', 'must be a bool',
          t.freeze_embeddings)
   _number(config, 'train.grad_accum_steps', 1, integer=True)

@@ -80,6 +80,7 @@ BAD_VALUES = [
     ('train.adversarial.schedule', 'linear', 'config.train.adversarial.schedule'),
     ('train.adversarial.lambda_max', -1.0, 'config.train.adversarial.lambda_max'),
     ('train.adversarial.hidden', -1, 'config.train.adversarial.hidden'),
+    ('train.adversarial.lr_multiplier', -1.0, 'config.train.adversarial.lr_multiplier'),
     ('train.freeze_embeddings', None, 'config.train.freeze_embeddings'),
     ('train.max_query_length', 4, 'config.train.max_query_length'),
     ('train.max_passage_length', 1024, 'config.train.max_passage_length'),

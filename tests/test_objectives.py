@@ -116,7 +116,7 @@ def objective_batch(seed):
 def objective_config(**overrides):
   return tts.train_config(parallel_query_weight=0.5, parallel_passage_weight=0.25,
                           adversarial=dict(weight=0.3, schedule='dann', lambda_max=1.0,
-                                           hidden=8), **overrides)
+                                           hidden=8, lr_multiplier=1.0), **overrides)
 
 
 def test_step_with_every_term_eight_devices_equal_one():
@@ -142,7 +142,7 @@ def test_step_terms_move_the_params():
                          dropout=0.0)
   for overrides in ({'parallel_query_weight': 1.0}, {'parallel_passage_weight': 1.0},
                     {'adversarial': dict(weight=1.0, schedule='constant', lambda_max=1.0,
-                                         hidden=0)}):
+                                         hidden=0, lr_multiplier=1.0)}):
     moved, _ = tts.run_steps(jax.devices()[:1], tts.train_config(warmup_steps=0, **overrides),
                              batches,
                              dropout=0.0)
@@ -157,6 +157,26 @@ def test_grad_cache_with_every_term_equals_full_batch():
   accum, ma = tts.run_steps(jax.devices()[:1], objective_config(grad_accum_steps=4), batches)
   np.testing.assert_allclose(mf[0]['loss'], ma[0]['loss'], rtol=1e-5)
   tts.assert_trees_close(full, accum, 1e-5)
+
+
+def test_discriminator_lr_multiplier_scales_its_updates_only():
+  """adversarial.lr_multiplier m: the discriminator's first update is m times the one at m = 1
+  (Adam's first step does not depend on the gradient's scale), the encoder's is unchanged."""
+  batches = [objective_batch(0)]
+  adv = lambda m: dict(weight=1.0, schedule='constant', lambda_max=1.0, hidden=0, lr_multiplier=m)
+  start, _ = tts.run_steps(jax.devices()[:1], tts.train_config(warmup_steps=0, adversarial=adv(1.0)),
+                           [], dropout=0.0)
+  one, _ = tts.run_steps(jax.devices()[:1], tts.train_config(warmup_steps=0, adversarial=adv(1.0)),
+                         batches, dropout=0.0)
+  ten, _ = tts.run_steps(jax.devices()[:1], tts.train_config(warmup_steps=0, adversarial=adv(10.0)),
+                         batches, dropout=0.0)
+  encoder = lambda p: {k: v for k, v in p.items() if k != adversarial.NAME}
+  tts.assert_trees_close(encoder(one), encoder(ten), 0.0)
+  step = lambda p: jax.tree.map(lambda a, b: a - b, p[adversarial.NAME], start[adversarial.NAME])
+  moved = step(one)
+  assert max(float(np.abs(x).max()) for x in jax.tree.leaves(moved)) > 1e-4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 10 * a, rtol=1e-4, atol=1e-7),
+               moved, step(ten))
 
 
 def test_decay_mask_covers_the_discriminator():

@@ -121,7 +121,7 @@ def train_config(**overrides):
       learning_rate=1e-3, weight_decay=0.01, warmup_steps=1, steps=10, grad_clip_norm=1.0,
       loss_temperature=0.05, symmetric_loss=False, grad_accum_steps=1, freeze_embeddings=True,
       parallel_query_weight=0.0, parallel_passage_weight=0.0,
-      adversarial=dict(weight=0.0, schedule='dann', lambda_max=1.0, hidden=0),
+      adversarial=dict(weight=0.0, schedule='dann', lambda_max=1.0, hidden=0, lr_multiplier=1.0),
       pack_texts=1))
   c.update(overrides)
   return c

@@ -94,13 +94,22 @@ def weight_decay_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: _decays(path), params)
 
 
+def _discriminator_mask(params) -> Any:
+  """True on the language discriminator's params (config.train.adversarial), False elsewhere."""
+  return {k: jax.tree.map(lambda _, on=(k == adversarial_lib.NAME): on, v)
+          for k, v in params.items()}
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """AdamW (decay as `weight_decay_mask`) after optional global-norm clipping."""
+  """AdamW (decay as `weight_decay_mask`) after optional global-norm clipping; the language
+  discriminator's updates (learning rate and decay) scaled by adversarial.lr_multiplier."""
   t = train_config
-  adamw = optax.adamw(learning_rate_schedule(t), b1=0.9, b2=0.999, eps=1e-6,
-                      weight_decay=t.weight_decay, mask=weight_decay_mask)
-  return optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), adamw) \
-      if t.grad_clip_norm > 0 else adamw
+  parts = [optax.clip_by_global_norm(t.grad_clip_norm)] if t.grad_clip_norm > 0 else []
+  parts.append(optax.adamw(learning_rate_schedule(t), b1=0.9, b2=0.999, eps=1e-6,
+                           weight_decay=t.weight_decay, mask=weight_decay_mask))
+  if t.adversarial.weight > 0 and t.adversarial.lr_multiplier != 1.0:
+    parts.append(optax.masked(optax.scale(t.adversarial.lr_multiplier), _discriminator_mask))
+  return optax.chain(*parts) if len(parts) > 1 else parts[0]
 
 
 def _micro(x: jax.Array, accum_steps: int) -> jax.Array:
