@@ -87,9 +87,33 @@ def test_paired_tests_and_headline_are_computed(summaries, tmp_path):
   assert cells[4:6] == [report._signed(strong['diff']), report._signed(strong['query_diff'])]  # pylint: disable=protected-access
   headline = text.split('### Headline (computed)')[1].split('###')[0]
   assert 'hybrid (α' not in headline  # the toy arms carry no alpha override
-  assert ('hybrid beat X-X-mono (higher in: mono, cross, multi; lower in: none; seeds 3 and 3)'
-          in headline)
+  assert ('hybrid beat X-X-mono (higher in: mono, cross, multi; lower in: none; seeds 0, 1, 2 '
+          '(both arms))' in headline)
   assert 'hybrid did not differ significantly from hybrid_twin' in headline
+
+
+def test_arms_cut_short_are_compared_on_their_common_seeds(summaries):
+  """An arm with fewer seeds is compared on the seeds both arms have; the seed noise is each
+  arm's std over all its seeds."""
+  full = report.Runs(*report.load(summaries))
+  spec, every = report.load(summaries)
+  short = report.Runs(spec, [s for s in every if not (s['arm'] == 'x_x_mono' and s['seed'] != 1)])
+  c = report.contrast(short, 'mlqa_to_xquad', 'hybrid', 'x_x_mono', 'cross')
+  ap = lambda arm, seed: next(s['summary']['all']['cross']['ap'] for s in every
+                              if s['arm'] == arm and s['seed'] == seed)
+  assert c['diff'] == pytest.approx(ap('hybrid', 1) - ap('x_x_mono', 1), abs=1e-12)
+  assert c['seeds'] == (1, 1)
+  want_std = np.std([ap('hybrid', seed) for seed in range(3)], ddof=1)
+  assert c['std_a'] == pytest.approx(want_std, abs=1e-12) and not np.isfinite(c['std_b'])
+  # The per-question test too: seed 1 only, not hybrid's mean over three seeds.
+  one = report.Runs(spec, [s for s in every if s['seed'] in (None, 1)])
+  assert c['query_diff'] == pytest.approx(
+      report.contrast(one, 'mlqa_to_xquad', 'hybrid', 'x_x_mono', 'cross')['query_diff'],
+      abs=1e-12)
+  assert c['query_diff'] != pytest.approx(
+      report.contrast(full, 'mlqa_to_xquad', 'hybrid', 'x_x_mono', 'cross')['query_diff'],
+      abs=1e-9)
+  assert 'seed 1 (both arms)' in report.headline(short)
 
 
 def test_rebuild_replaces_only_its_section(summaries, tmp_path):

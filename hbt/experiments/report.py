@@ -46,7 +46,8 @@ ARM_LABELS = {'x_x_mono': 'X-X-mono', 'x_y': 'X-Y', 'x_x': 'X-X', 'en_en': 'En-E
               'hybrid': 'hybrid', ZERO_SHOT: 'zero-shot'}
 X_LABELS = {'train.alpha': 'α'}  # Short names of x_axis keys in labels and plots.
 PAIRED_TESTS = (
-    "For each arm, a query's AP is averaged over the arm's seeds. The unit is the question (a "
+    'Two arms are compared on the seeds both have (a sweep cut short may have more seeds of one). '
+    "For each arm, a query's AP is averaged over those seeds. The unit is the question (a "
     'parallel id): its AP averaged over the languages it is asked in (and, for cross, over the '
     'target languages), since the translations of one question are not independent queries. The '
     'test is the two-sided sign-flip permutation test of the mean difference over questions '
@@ -57,7 +58,7 @@ PAIRED_TESTS = (
     'the tables (every language, or language pair, weighs the same); Δ questions is the mean '
     'difference over questions, the quantity the interval and p refer to (every question weighs '
     'the same). They differ where questions are asked in different numbers of languages, as in '
-    "MLQA-R. The seed std is that of each arm's mAP over its seeds.")
+    "MLQA-R. The seed std is that of each arm's mAP over all its seeds.")
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -498,11 +499,24 @@ def question_ap(runs: list[dict], setting: str) -> dict[str, float] | None:
   return {q: sums[q] / counts[q] for q in sums}
 
 
+def matched_seeds(ra: list[dict], rb: list[dict]) -> tuple[list[dict], list[dict]]:
+  """The runs of two arms on the seeds both have (all of each when they share none), so that a
+  sweep cut short compares its arms on the same seeds."""
+  common = {s['seed'] for s in ra} & {s['seed'] for s in rb}
+  if not common:
+    return ra, rb
+  return [s for s in ra if s['seed'] in common], [s for s in rb if s['seed'] in common]
+
+
 def contrast(runs: Runs, direction: str, a: str, b: str, setting: str) -> dict:
-  """Difference of arm a over arm b in one setting: macro mAP, seed noise, paired test."""
-  ra, rb = runs.get(direction, a), runs.get(direction, b)
-  ma, sa, na = mean_std(setting_values(ra, setting, 'ap'))
-  mb, sb, nb = mean_std(setting_values(rb, setting, 'ap'))
+  """Difference of arm a over arm b in one setting on their common seeds (`matched_seeds`):
+  macro mAP and paired test; the seed noise is each arm's std over all its seeds."""
+  all_a, all_b = runs.get(direction, a), runs.get(direction, b)
+  ra, rb = matched_seeds(all_a, all_b)
+  ma, _, na = mean_std(setting_values(ra, setting, 'ap'))
+  mb, _, nb = mean_std(setting_values(rb, setting, 'ap'))
+  sa = mean_std(setting_values(all_a, setting, 'ap'))[1]
+  sb = mean_std(setting_values(all_b, setting, 'ap'))[1]
   stds = [x for x in (sa, sb) if np.isfinite(x)]
   out = {'diff': ma - mb, 'std_a': sa, 'std_b': sb, 'seeds': (na, nb), 'p_value': None,
          'ci95': None, 'queries': 0, 'noise': max(stds) if stds else float('nan')}
@@ -577,6 +591,15 @@ def table_tests(runs: Runs) -> str:
                  'questions', 'seed std a / b', 'verdict'], rows)
 
 
+def seeds_compared(runs: Runs, direction: str, a: str, b: str) -> str:
+  """'seeds 0, 1 (both arms)', or each arm's seeds where they share none."""
+  ra, rb = matched_seeds(runs.get(direction, a), runs.get(direction, b))
+  seeds = lambda r: ', '.join(str(s['seed']) for s in r)
+  if {s['seed'] for s in ra} == {s['seed'] for s in rb}:
+    return f'seed{"s" if len(ra) > 1 else ""} {seeds(ra)} (both arms)'
+  return f'seeds {seeds(ra)} and {seeds(rb)}'
+
+
 def headline(runs: Runs) -> str:
   """One computed sentence per dataset and contrast."""
   lines = []
@@ -598,8 +621,8 @@ def headline(runs: Runs) -> str:
       outcome = 'did not differ significantly from'
     lines.append(f'- **{runs.label(d)}**: {arm_label(runs.spec, a)} {outcome} '
                  f'{arm_label(runs.spec, b)} (higher in: {", ".join(wins) or "none"}; lower in: '
-                 f'{", ".join(losses) or "none"}; seeds {cs["mono"]["seeds"][0]} and '
-                 f'{cs["mono"]["seeds"][1]}). mAP differences: {"; ".join(parts)}.')
+                 f'{", ".join(losses) or "none"}; {seeds_compared(runs, d, a, b)}). mAP differences: '
+                 f'{"; ".join(parts)}.')
   return '\n'.join(lines) if lines else '- No contrast has runs of both arms yet.'
 
 
