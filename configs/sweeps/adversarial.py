@@ -11,9 +11,10 @@ XQuAD-R, mono / cross / multi all reported, 3 seeds):
 Discriminator: linear over the pooled query and positive embeddings, loss weight 0.1, lambda on
 the DANN schedule 2 / (1 + exp(-10 p)) - 1 up to 1.0 (hbt/train/adversarial.py), its learning
 rate 100 x the encoder's (peak 3e-3). At the encoder's 3e-5, Adam moves each of its weights by
-about 3e-5 a step, ~2e-3 over the 100 steps against an initial scale of ~5e-2: a run at commit
-fb4876d (x_x_mono_dann, seed 0, multiplier 1) logged its accuracy at 0.0 to 0.3 % (chance
-~17 %) and its loss at 4.5 from the first log to the last: it never learned to tell the
+at most about the learning rate a step, 1.5e-3 over the 100 steps (the schedule's sum), against
+an initial kernel std of 0.05: a run at commit fb4876d (x_x_mono_dann, seed 0, multiplier 1)
+logged its accuracy at 0.0 to 0.3 % (chance ~17 %) and its loss at 4.5, that of a uniform guess
+over its 92 classes (ln 92 = 4.52), from the first log to the last: it never learned to tell the
 languages apart, so it was no adversary. 100 is a first guess, not tuned.
 
   python -m hbt.experiments.sweep --sweep=configs/sweeps/adversarial.py --workdir=runs/adversarial
