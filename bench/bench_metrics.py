@@ -5,7 +5,8 @@ segments of the real sizes). `evaluate.score` is the function every evaluation c
 pass that scores every query against the pool, counts the candidates of each language ranked
 ahead of each answer and keeps each language's top candidates (for the TREC run files), then the
 per-query and per-pair figures on the host. It is timed whole (first call, compile included, and
-steady state), and its device pass alone (`evaluate.score_pool`, with and without top_k).
+steady state), its device pass alone (`evaluate.score_pool`, with and without top_k), and the
+score matmul alone (`evaluate.pool_scores`).
 
 pytrec_eval on the full pool would need a ~170M-entry Python run dict, so it is timed on a subset
 of queries against all candidates and extrapolated linearly to all queries. The embeddings are
@@ -180,7 +181,8 @@ def bench_metrics(query_emb: np.ndarray,
   Returns:
     A dict: hbt_first_s (first call of evaluate.score, compile included), hbt_steady_s,
     device_s (its device pass alone, evaluate.score_pool), device_no_top_s (the same without
-    top_k), trec_s and trec_bytes (writing the TREC run files and qrels of the results,
+    top_k), matmul_s and matmul_gflop (its float32 score matmul alone, evaluate.pool_scores over
+    the pool padded per language), trec_s and trec_bytes (writing the TREC run files and qrels of the results,
     hbt.eval.report.write_trec; None without top_k), pytrec_queries,
     pytrec_subset_s, pytrec_extrapolated_s (linear in queries), ratio (pytrec extrapolated / hbt
     steady), max_abs_diff and agree (pytrec_eval vs hbt on the subset), summary (hbt's multi means).
@@ -196,6 +198,15 @@ def bench_metrics(query_emb: np.ndarray,
                                                   top_k=k)
     device_pass()  # compiles
     device_s[k] = min(_timed(device_pass)[1] for _ in range(repeats))
+  # The float32 score matmul alone, chunked as the device pass chunks it (a max over each row
+  # keeps XLA from dropping it): what is left of device_no_top_s is the counting.
+  queries, _, pool, pool_sizes = evaluate.pool_layout(benchmark, embeddings)
+  matmul = jax.jit(lambda q, p, s: metrics.map_row_chunks(
+      lambda c: {'max': evaluate.pool_scores(c, p, s).max(-1)}, (q,), chunk_size))
+  arrays = [jax.device_put(a) for a in (queries, pool, pool_sizes)]
+  matmul(*arrays)  # compiles
+  matmul_s = min(_timed(matmul, *arrays)[1] for _ in range(repeats))
+  matmul_flop = 2 * queries.shape[0] * pool.shape[0] * pool.shape[1] * pool.shape[2]
   trec_s = None
   if top_k:  # the TREC run files that evaluation writes with these results (eval/trec/)
     with tempfile.TemporaryDirectory() as folder:
@@ -228,6 +239,8 @@ def bench_metrics(query_emb: np.ndarray,
       'hbt_steady_s': steady,
       'device_s': device_s[top_k],
       'device_no_top_s': device_s[0],
+      'matmul_s': matmul_s,
+      'matmul_gflop': matmul_flop / 1e9,
       'trec_s': trec_s,
       'trec_bytes': trec_bytes if trec_s is not None else None,
       'pytrec_queries': len(subset),
@@ -298,6 +311,9 @@ def print_report(result: dict) -> None:
         f"{result['hbt_first_s']:.2f} s, steady state {result['hbt_steady_s']:.2f} s")
   print(f"  of which the device pass (evaluate.score_pool): {result['device_s']:.2f} s "
         f"({result['device_no_top_s']:.2f} s without top_k)")
+  print(f"  of which the score matmul alone (evaluate.pool_scores, {result['matmul_gflop']:.0f} "
+        f"GFLOP): {result['matmul_s']:.2f} s, {result['matmul_gflop'] / result['matmul_s']:.0f} "
+        f"GFLOP/s")
   if result.get('trec_s') is not None:
     print(f"  then writing the TREC run files and qrels (report.write_trec): {result['trec_s']:.1f} s, "
           f"{result['trec_bytes'] / 2**20:,.0f} MiB")

@@ -16,6 +16,7 @@ def test_bench_metrics_on_a_small_pool_agrees_with_pytrec_eval_and_times_the_tre
   assert result['num_queries'] == 60 and result['num_candidates'] == sum(SIZES)
   assert result['agree'] and result['max_abs_diff'] < 1e-6
   assert result['trec_s'] > 0
+  assert result['matmul_s'] > 0 and result['matmul_gflop'] == 2 * 60 * 3 * 30 * 16 / 1e9
   # 3 qrels + multi.qrels, 3 x 3 pair runs and 3 multi runs of 20 queries x 10 lines at least.
   assert result['trec_bytes'] > 9 * 20 * 10 * 20
   assert 0 < result['summary']['ap'] <= 1

@@ -99,6 +99,33 @@ def local_mesh() -> Mesh:
   return Mesh(np.asarray(jax.local_devices()[:1]), ('data',))
 
 
+def pool_scores(queries, pool, sizes):
+  """float32 [C, L, M]: every query's score against every language's candidates, -inf at padding.
+
+  Args: queries float32 [C, D]; pool float32 [L, M, D] (pool_layout's); sizes int32 [L].
+  """
+  num_langs, size, dim = pool.shape
+  scores = jnp.dot(queries, pool.reshape(-1, dim).T, precision=jax.lax.Precision.HIGHEST,
+                   preferred_element_type=jnp.float32).reshape(-1, num_langs, size)
+  return jnp.where(jnp.arange(size)[None, :] < sizes[:, None], scores, -jnp.inf)
+
+
+def pool_layout(benchmark: types.Benchmark, embeddings):
+  """The arrays of the device pass: queries of all languages in order, float32 [Q, D]; their
+  answers, int32 [Q, L] pool indices l * M + i (-1: none); the pool, float32 [L, M, D], each
+  language's candidates zero padded to M, the largest language's count; sizes, int32 [L]."""
+  langs = benchmark.langs
+  sizes = np.asarray([embeddings[l][1].shape[0] for l in langs], np.int32)
+  size = int(sizes.max())
+  pool = np.zeros((len(langs), size, embeddings[langs[0]][1].shape[1]), np.float32)
+  for j, lang in enumerate(langs):
+    pool[j, :sizes[j]] = embeddings[lang][1]
+  offsets = {lang: j * size for j, lang in enumerate(langs)}
+  queries = np.concatenate([embeddings[l][0] for l in langs]).astype(np.float32)
+  relevant = np.concatenate([relevant_matrix(benchmark, l, offsets) for l in langs])
+  return queries, relevant, pool, sizes
+
+
 @functools.partial(jax.jit, static_argnames=('mesh', 'chunk_size', 'top_k', 'block_size'))
 def _score_pool(queries, relevant, pool, sizes, *, mesh, chunk_size, top_k,
                 block_size=SCORE_BLOCK_SIZE):
@@ -121,14 +148,8 @@ def _score_pool(queries, relevant, pool, sizes, *, mesh, chunk_size, top_k,
   split = P(mesh.axis_names)
 
   def local(queries, relevant, pool, sizes):
-    num_langs, size, dim = pool.shape
-    flat_pool = pool.reshape(-1, dim)
-    real = jnp.arange(size)[None, :] < sizes[:, None]  # [L, M]
-
     def chunk(q, rel):
-      scores = jnp.dot(q, flat_pool.T, precision=jax.lax.Precision.HIGHEST,
-                       preferred_element_type=jnp.float32).reshape(-1, num_langs, size)
-      scores = jnp.where(real, scores, -jnp.inf)
+      scores = pool_scores(q, pool, sizes)
       out = {'ahead': metrics.segment_counts(scores, rel, block_size=block_size)}
       if top_k:
         out['top_values'], out['top_index'] = metrics.top_k(scores, top_k)
@@ -156,15 +177,8 @@ def score_pool(benchmark: types.Benchmark, embeddings, *, mesh: Mesh | None = No
     'top_index' int32 [Q, L, k], k = min(top_k, M).
   """
   mesh = mesh or local_mesh()
-  langs = benchmark.langs
-  sizes = np.asarray([embeddings[l][1].shape[0] for l in langs], np.int32)
-  size = int(sizes.max())
-  pool = np.zeros((len(langs), size, embeddings[langs[0]][1].shape[1]), np.float32)
-  for j, lang in enumerate(langs):
-    pool[j, :sizes[j]] = embeddings[lang][1]
-  offsets = {lang: j * size for j, lang in enumerate(langs)}
-  queries = np.concatenate([embeddings[l][0] for l in langs]).astype(np.float32)
-  relevant = np.concatenate([relevant_matrix(benchmark, l, offsets) for l in langs])
+  queries, relevant, pool, sizes = pool_layout(benchmark, embeddings)
+  size = pool.shape[1]
   num_queries = len(queries)
   padded = -(-num_queries // mesh.size) * mesh.size
   split, replicated = NamedSharding(mesh, P(mesh.axis_names)), NamedSharding(mesh, P())
