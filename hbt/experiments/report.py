@@ -475,7 +475,7 @@ def table_clusters(runs: Runs) -> str:
                        str(len(group))])
       head = (['strategy'] + [f'{label} ({len(groups[name])} pairs)'
                               for name, label in CLUSTER_PAIRS] + ['within − across', 'runs'])
-      parts.append(f'**{runs.label(d)}**, clusters `{spec}` (trained with by '
+      parts.append(f'**{runs.label(d)}**, clusters `{spec}` (the clusters of '
                    f'{", ".join(arm_label(runs.spec, a) for a in arms)})\n\n'
                    + _table(head, rows))
   return '\n\n'.join(parts)
