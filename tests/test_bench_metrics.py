@@ -20,3 +20,14 @@ def test_bench_metrics_on_a_small_pool_agrees_with_pytrec_eval_and_times_the_tre
   # 3 qrels + multi.qrels, 3 x 3 pair runs and 3 multi runs of 20 queries x 10 lines at least.
   assert result['trec_bytes'] > 9 * 20 * 10 * 20
   assert 0 < result['summary']['ap'] <= 1
+
+
+def test_bench_metrics_without_top_k_scores_the_same_and_writes_no_trec_files():
+  """--top-k 0, the path of the validation evaluators (config.eval.trec_depth 0)."""
+  queries, candidates, relevant = bench_metrics.make_pool(num_groups=20, sizes=SIZES, dim=16)
+  args = dict(pytrec_queries=15, sizes=SIZES, chunk_size=8, repeats=1)
+  with_top = bench_metrics.bench_metrics(queries, candidates, relevant, top_k=10, **args)
+  without = bench_metrics.bench_metrics(queries, candidates, relevant, top_k=0, **args)
+  assert without['top_k'] == 0 and without['trec_s'] is None and without['trec_bytes'] is None
+  assert without['agree'] and without['device_s'] > 0
+  assert without['summary'] == with_top['summary']

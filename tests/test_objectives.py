@@ -151,6 +151,23 @@ def test_step_terms_move_the_params():
     assert diff > 1e-6, overrides
 
 
+def test_symmetric_loss_is_the_mean_of_both_directions():
+  """train.symmetric_loss reaches the step: its loss is the mean of query -> passage and passage ->
+  query, the second being the plain loss of the batch with the two sides swapped."""
+  batch = tts.make_batch(seed=5)
+  swapped = {'query_tokens': batch['positive_tokens'], 'query_mask': batch['positive_mask'],
+             'positive_tokens': batch['query_tokens'], 'positive_mask': batch['query_mask']}
+
+  def loss(b, **overrides):
+    _, metrics = tts.run_steps(jax.devices()[:1], tts.train_config(**overrides), [b],
+                               dropout=0.0)
+    return metrics[0]['loss']
+
+  forward, backward = loss(batch), loss(swapped)
+  assert abs(forward - backward) > 1e-3  # the two directions differ on this batch
+  assert loss(batch, symmetric_loss=True) == pytest.approx((forward + backward) / 2, rel=1e-5)
+
+
 def test_grad_cache_with_every_term_equals_full_batch():
   batches = [objective_batch(3)]
   full, mf = tts.run_steps(jax.devices()[:1], objective_config(), batches)

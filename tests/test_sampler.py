@@ -303,3 +303,26 @@ def test_sampler_on_real_mlqa_r(data_dir):
     for qid, q, p in zip(batch.ids, batch.query_langs, batch.positive_langs):
       assert (q, qid) in pairs.examples and (p, qid) in pairs.examples
       assert (q != p) == (batch.kind == 'cross')
+
+
+@pytest.mark.parametrize('field,value', [
+    ('train.alpha', 0.2), ('train.strategy', 'x_x'), ('train.batch_size', 12), ('seed', 5),
+    ('train.lang_sampling', 'size'), ('train.lang_temperature', 0.9),
+    ('train.pair_sampling', 'id_first')])
+def test_every_sampler_field_of_the_config_reaches_the_sampler(field, value):
+  """loop.make_sampler passes each config field on: a run at alpha 0.3 trains at alpha 0.3."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from hbt.train import loop  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.train.lang_sampling = 'temperature'  # so that lang_temperature matters
+  config.train.lang_temperature = 0.3
+  pairs = _uneven()
+  before = _batches(loop.make_sampler(config, pairs), 40)
+  node, key = (config, field) if '.' not in field else (config.train, field.split('.')[1])
+  setattr(node, key, value)
+  t = config.train
+  expected = sampler_lib.Sampler(pairs, t.batch_size, t.strategy, t.alpha, t.lang_sampling,
+                                 t.lang_temperature, config.seed, t.pair_sampling)
+  after = _batches(loop.make_sampler(config, pairs), 40)
+  assert after == _batches(expected, 40)
+  assert after != before  # the field changed the batches

@@ -21,8 +21,8 @@ from tests.test_train_step import assert_trees_close, make_batch, train_config
 ARCH = encoder.Arch(vocab_size=64, hidden=32, layers=2, heads=4, mlp=64, max_positions=40,
                     type_vocab_size=1, position_offset=2, layer_norm_eps=1e-12, pad_id=1)
 RULES = default.get_config().mesh.rules
-MESHES = {'data8': (8, 1, 1), 'data2_fsdp4': (2, 4, 1), 'fsdp4_tensor2': (1, 4, 2),
-          'data2_fsdp2_tensor2': (2, 2, 2)}
+MESHES = {'data8': (8, 1, 1), 'fsdp8': (1, 8, 1), 'data2_fsdp4': (2, 4, 1),
+          'fsdp4_tensor2': (1, 4, 2), 'data2_fsdp2_tensor2': (2, 2, 2)}
 
 
 def mesh_of(shape):

@@ -453,7 +453,8 @@ def test_hub_files_cover_each_family(tmp_path):
     ({'model_type': 'gpt2'}, "unsupported model_type 'gpt2'"),
     ({'model_type': 'deberta-v2'}, "unsupported model_type 'deberta-v2'"),
     ({'hidden_act': 'relu'}, "unsupported hidden_act 'relu'"),
-], ids=['gpt2', 'deberta-v2', 'relu'])
+    ({'model_type': 'xlm-roberta-xl'}, "unsupported model_type 'xlm-roberta-xl'"),  # XL and XXL
+], ids=['gpt2', 'deberta-v2', 'relu', 'xlm-roberta-xl'])
 def test_unsupported_config_is_rejected(tmp_path, change, error):
   write_checkpoint(tmp_path, 'xlmr')
   config = json.loads((tmp_path / 'config.json').read_text())
