@@ -30,15 +30,20 @@ from hbt.train import step as step_lib
 from tests import runs
 
 
-def tiny_config(checkpoint_dir, data_dir, steps: int, **extra):
-  config = default.get_config()
-  for field, value in {**runs.tiny_overrides(checkpoint_dir, data_dir, steps), **extra}.items():
+def set_fields(config, overrides: dict):
+  """Sets each dotted field of `overrides` on config; returns it."""
+  for field, value in overrides.items():
     node = config
     *parents, leaf = field.split('.')
     for part in parents:
       node = node[part]
     node[leaf] = value
   return config
+
+
+def tiny_config(checkpoint_dir, data_dir, steps: int, **extra):
+  return set_fields(default.get_config(),
+                    {**runs.tiny_overrides(checkpoint_dir, data_dir, steps), **extra})
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -399,3 +404,31 @@ def test_held_out_benchmark_answers_are_positives():
   assert [en.candidates[en.answer_of(q)] for q in ('a', 'b', 'c')] == ['shared', 'shared', 'pc']
   assert bench['de'].answer_of('b') is None
   assert len(evaluators.benchmark_from_pairs(pairs, 'v', max_ids=2)['en'].query_ids) <= 2
+
+
+def test_the_paper_config_fine_tunes_a_hub_checkpoint_with_its_prefixes(tiny_checkpoint, data_dir,
+                                                                        tmp_path):
+  """configs/paper.py's own settings run (README: `--config=configs/paper.py
+  --config.model.checkpoint=...`): bf16, "Query: " / "Passage: " prefixes, the whole encoder
+  fine-tuned (word embeddings included), at a tiny size otherwise."""
+  from configs import paper  # pylint: disable=import-outside-toplevel
+  from hbt import export  # pylint: disable=import-outside-toplevel
+  overrides = runs.tiny_overrides(tiny_checkpoint, data_dir, 2)
+  del overrides['model.dtype']  # the paper's bf16; the prefixes and freeze_embeddings: not set
+  config = set_fields(paper.get_config(), {**overrides, 'mode': 'train'})
+  assert (config.model.dtype, config.model.query_prefix, config.model.passage_prefix,
+          config.train.freeze_embeddings) == ('bfloat16', 'Query: ', 'Passage: ', False)
+  config_lib.validate(config)
+  loop.run(config, str(tmp_path))
+  record = json.loads((checkpoint.checkpoint_dir(tmp_path) / checkpoint.RUN_FIELDS).read_text())
+  assert record['batches']['model']['query_prefix'] == 'Query: '
+  assert record['batches']['model']['passage_prefix'] == 'Passage: '
+  assert record['train']['freeze_embeddings'] is False
+  step, saved = runs.restore_params(tmp_path)
+  model, _, _ = export.trained_params(config, tmp_path)
+  assert step == 2
+  for name in step_lib.FROZEN_WHEN_FREEZING:  # trained, not frozen
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a, np.float32) - b).max()),
+                         saved[name], model.params[name])
+    assert max(jax.tree.leaves(moved)) > 1e-6, name
+  assert model.tokenizer.query_prefix == 'Query: '
