@@ -179,7 +179,10 @@ def run_config(run: dict) -> ml_collections.ConfigDict:
 def command(run: dict, workdir: pathlib.Path, mode: str) -> list[str]:
   """The hbt.main command of one stage ('train' or 'eval') of a run."""
   return [sys.executable, '-m', 'hbt.main', f'--config={run["config"]}', f'--workdir={workdir}',
-          *(f'--config.{k}={v}' for k, v in run['overrides'].items()), f'--config.mode={mode}']
+          *(f'--config.{k}={v}' for k, v in run['overrides'].items()), f'--config.mode={mode}',
+          # Every earlier run of these sweeps trained with dtype 'auto' on an AMD EPYC with
+          # avx512_bf16, i.e. in bfloat16; on a CPU without it 'auto' picks float32. Keep bf16.
+          '--config.model.dtype=bfloat16']
 
 
 def _stage(cmd: list[str], log: pathlib.Path) -> float:
