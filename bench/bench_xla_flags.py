@@ -1,12 +1,12 @@
 """XLA CPU flags against the default: a 2-layer mE5-small-shaped encoder under each XLA_FLAGS.
 
 Each flag setting runs in its own child process (XLA reads XLA_FLAGS once): forward and
-forward+backward of a [--batch, --length]-token batch ([32, 128] by default), bf16, best of
---repeats after compiling. --flags picks a subset of the settings ('default' is no flag). The
+forward+backward of a [--batch, --length]-token batch ([32, 128] by default), in --dtype (bf16 by
+default), best of --repeats after compiling. --flags picks a subset of the settings ('default' is no flag). The
 BUILD.md section "Where the time goes" quotes a run and why hbt sets no flag.
 
   python bench/bench_xla_flags.py [--repeats 12] [--rounds 2] [--batch 32] [--length 128]
-      [--flags=default,--xla_cpu_use_onednn=true]
+      [--dtype float32] [--flags=default,--xla_cpu_use_onednn=true]
 """
 
 import argparse
@@ -25,7 +25,8 @@ import common  # noqa: E402  (bench/common.py)
 FLAGS = ('', '--xla_cpu_use_thunk_runtime=false', '--xla_cpu_enable_fast_math=true',
          '--xla_cpu_use_onednn=true', '--xla_cpu_experimental_onednn_custom_call=true',
          '--xla_cpu_use_xnnpack=true', '--xla_cpu_prefer_vector_width=512',
-         '--xla_cpu_experimental_ynn_fusion_type=')
+         '--xla_cpu_experimental_ynn_fusion_type=',
+         '--xla_cpu_experimental_ynn_fusion_type=-individual_dot')
 DEFAULT = 'default'  # --flags' name of '' (no flag)
 
 
@@ -38,7 +39,7 @@ def child(args) -> None:
   arch = encoder.Arch(vocab_size=1000, hidden=384, layers=2, heads=12, mlp=1536,
                       max_positions=514, type_vocab_size=1, position_offset=2,
                       layer_norm_eps=1e-12, pad_id=1)
-  module = encoder.Encoder(arch, dtype=jnp.bfloat16)
+  module = encoder.Encoder(arch, dtype=jnp.dtype(args.dtype))
   rng = np.random.default_rng(0)
   ids = jnp.asarray(rng.integers(5, 1000, size=(args.batch, args.length)), jnp.int32)
   mask = jnp.ones_like(ids)
@@ -66,23 +67,26 @@ def main() -> int:
   parser.add_argument('--rounds', type=int, default=2, help='passes over the flag list')
   parser.add_argument('--batch', type=int, default=32, help='texts per batch')
   parser.add_argument('--length', type=int, default=128, help='tokens per text')
+  parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'),
+                      help="the encoder's matmul input dtype")
   parser.add_argument('--flags', default=','.join(f or DEFAULT for f in FLAGS),
-                      help=f"comma-separated settings from the list, '{DEFAULT}' for none; pass "
-                           'as --flags=... (the values start with --)')
+                      help=f"comma-separated settings, each one or more space-separated flags from "
+                           f"the list, '{DEFAULT}' for none; pass as --flags=... (the values start "
+                           'with --)')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(args)
     return 0
   chosen = ['' if f == DEFAULT else f for f in args.flags.split(',')]
-  unknown = [f for f in chosen if f not in FLAGS]
+  unknown = [f for f in chosen if any(part not in FLAGS for part in f.split())]
   if unknown:
     parser.error(f'unknown --flags {unknown}; choose from {[f or DEFAULT for f in FLAGS]}')
   print(common.machine_header(), flush=True)
-  print(f'2-layer mE5-small-shaped encoder, bf16, [{args.batch}, {args.length}] tokens, best of '
+  print(f'2-layer mE5-small-shaped encoder, {args.dtype}, [{args.batch}, {args.length}] tokens, best of '
         f'{args.repeats}; one child process per setting', flush=True)
   passthrough = ['--child', '--repeats', str(args.repeats), '--batch', str(args.batch),
-                 '--length', str(args.length)]
+                 '--length', str(args.length), '--dtype', args.dtype]
   for _ in range(args.rounds):
     for flags in chosen:
       r = common.run_child(__file__, passthrough, env={**os.environ, 'XLA_FLAGS': flags})

@@ -253,10 +253,12 @@ def test_profile_step(tiny_checkpoint, data_dir, tmp_path):
 
 
 def test_bench_xla_flags():
+  joined = '--xla_cpu_use_thunk_runtime=false --xla_cpu_enable_fast_math=true'
   lines = run_bench('bench_xla_flags.py', '--repeats', '1', '--rounds', '1', '--batch', '2',
-                    '--length', '16', '--flags=default,--xla_cpu_use_thunk_runtime=false')
+                    '--length', '16', '--dtype', 'float32', f'--flags=default,{joined}')
   check_header(lines[0])
-  for flags in ('(default)', '--xla_cpu_use_thunk_runtime=false'):
+  one(lines, r'^2-layer mE5-small-shaped encoder, float32, \[2, 16\] tokens')
+  for flags in ('(default)', joined):
     m = one(lines, rf'{re.escape(flags)} +forward +{NUM} ms, forward\+backward +{NUM} ms '
                    rf'\(load {NUM}\)$')
     assert float(m[1]) > 0 and float(m[2]) > 0
