@@ -169,12 +169,10 @@ def test_bench_encode_both_dtypes_and_pack_lengths(tiny_checkpoint, data_dir):
                     '--repeats', '2', '--batch-tokens', '256', '--pack-lengths', '32,64',
                     data_dir=data_dir)
   check_header(lines[0])
+  names = [f'{engine} {dtype}' for dtype in ('bfloat16', 'float32')
+           for engine in ('hbt buckets', 'hbt packed 32', 'hbt packed 64', 'torch XLMRobertaModel')]
   seconds = {}
-  for dtype in ('bfloat16', 'float32'):
-    for layout in ('buckets', 'packed 32', 'packed 64'):
-      seconds[f'hbt {layout} {dtype}'] = None
-    seconds[f'torch XLMRobertaModel {dtype}'] = None
-  for name in seconds:
+  for name in names:
     m = one(lines, rf'  {re.escape(name)} +{NUM} +{NUM} +{NUM} ')
     seconds[name] = float(m[1])
     assert min(map(float, (m[1], m[2], m[3].replace(',', '')))) > 0, m[0]
