@@ -2,8 +2,9 @@
 
 Each flag setting runs in its own child process (XLA reads XLA_FLAGS once): forward and
 forward+backward of a [--batch, --length]-token batch ([32, 128] by default), in --dtype (bf16 by
-default), best of --repeats after compiling. --flags picks a subset of the settings ('default' is no flag). The
-BUILD.md section "Where the time goes" quotes a run and why hbt sets no flag.
+default), best of --repeats after compiling. --flags picks a subset of the settings ('default' is
+no flag; a setting may join several flags with spaces). The BUILD.md section "Where the time goes"
+quotes runs (bf16 on an AVX512-BF16 CPU, f32 on an AVX2-only one) and why hbt sets no flag.
 
   python bench/bench_xla_flags.py [--repeats 12] [--rounds 2] [--batch 32] [--length 128]
       [--dtype float32] [--flags=default,--xla_cpu_use_onednn=true]
@@ -83,8 +84,8 @@ def main() -> int:
   if unknown:
     parser.error(f'unknown --flags {unknown}; choose from {[f or DEFAULT for f in FLAGS]}')
   print(common.machine_header(), flush=True)
-  print(f'2-layer mE5-small-shaped encoder, {args.dtype}, [{args.batch}, {args.length}] tokens, best of '
-        f'{args.repeats}; one child process per setting', flush=True)
+  print(f'2-layer mE5-small-shaped encoder, {args.dtype}, [{args.batch}, {args.length}] tokens, '
+        f'best of {args.repeats}; one child process per setting', flush=True)
   passthrough = ['--child', '--repeats', str(args.repeats), '--batch', str(args.batch),
                  '--length', str(args.length), '--dtype', args.dtype]
   for _ in range(args.rounds):
