@@ -80,7 +80,8 @@ def main() -> int:
     print(f'  {name:18s} {s:7.3f} s/step  ({args.batch / s:5.2f} pairs/s)')
   print(f'  hash / threefry speed: {best["threefry per row"] / best["hash (hbt)"]:.2f}x')
 
-  rows, length = batch['positive_tokens'].shape[0], batch['positive_tokens'].shape[-1]
+  *lead, length = batch['positive_tokens'].shape  # packed: [rows, windows, W], one row a window
+  rows = int(jnp.prod(jnp.asarray(lead)))
   shape = (model.module.arch.heads, length, length)
   key, row_ids = jax.random.key(0), jnp.arange(rows)
   print(f'masks alone, attention-probability site [{rows}, {shape}]:')

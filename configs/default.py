@@ -146,9 +146,10 @@ def get_config(arg=None):
   config.train.grad_accum_steps = 1  # Split each global batch into this many micro-batches.
   config.train.max_query_length = 48  # Query tokens (specials included) in training batches.
   config.train.max_passage_length = 96  # Positive / negative tokens in training batches.
-  # Texts packed into each row of a training batch (block-diagonal attention, pooled per text):
-  # rows = batch_size / pack_texts, so far less padding; 1 = one text per row, padded to a bucket.
-  # Lowered at start (and logged) where the rows would not split over the data-parallel devices.
+  # Texts packed into each row of a training batch, on average: batch_size / pack_texts rows, each
+  # of windows of the side's max length above, every text in one window (attention and pooling per
+  # text); far less padding. 1 = one text per row, padded to a bucket. Lowered at start (and
+  # logged) where the rows would not split over the data-parallel devices.
   config.train.pack_texts = 4
   config.train.checkpoint_every = 50  # Steps between checkpoints (orbax also saves the last).
   config.train.keep_checkpoints = 2  # Recent checkpoints kept (the best by val loss is kept too).

@@ -1,4 +1,5 @@
-"""Packed rows (several texts per row) give the embeddings and the loss of one text per row."""
+"""Packed rows (several texts per row, in windows) give the embeddings and the loss of one text per
+row."""
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,12 @@ def padded(seqs):
   return tokenizer_lib.pad_batch(seqs, max(map(len, seqs)), ARCH.pad_id)
 
 
+def windows(texts, rows, window):
+  """`shards.pack`'s rows flattened to their windows, as the encoder takes them: [rows * k, W]."""
+  tokens, segments = shards.pack(texts, rows, window, ARCH.pad_id)
+  return tokens.reshape(-1, window), segments.reshape(-1, window)
+
+
 def init(module):
   dummy = jnp.zeros((1, 4), jnp.int32)
   return ts.nn_unbox(module.init(jax.random.key(0), dummy, dummy))
@@ -44,8 +51,8 @@ def test_packed_embeddings_equal_one_text_per_row(pooling):
   texts = random_texts(12, 2, 20, seed=1)
   ids, mask = padded(texts)
   want = np.asarray(module.apply({'params': params}, ids, mask))
-  tokens, segments = shards.pack(texts, 3, ARCH.pad_id)
-  assert tokens.shape[0] == 3 and tokens.shape[1] > ids.shape[1]  # really several per row
+  tokens, segments = windows(texts, 3, 32)
+  assert max(len(set(row[row > 0].tolist())) for row in segments) > 2  # several per window
   got = np.asarray(module.apply({'params': params}, tokens, segments, num_texts=len(texts)))
   cos = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
   assert cos.min() >= 0.9999
@@ -76,7 +83,8 @@ def test_packed_step_equals_unpacked_step():
       ids, mask = ids.reshape(pairs, hard, -1), mask.reshape(pairs, hard, -1)
     batch[f'{name}_tokens'], batch[f'{name}_mask'] = ids, mask
     packed[f'{name}_tokens'], packed[f'{name}_mask'] = shards.pack(texts, len(texts) // pack,
-                                                                   ARCH.pad_id)
+                                                                   16, ARCH.pad_id)
+    assert packed[f'{name}_tokens'].shape[1] > 1  # several windows per row
   (m1, p1), (m4, p4) = run_packed(batch, packed, pack)
   np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-5)
   np.testing.assert_allclose(m4['l2_grads'], m1['l2_grads'], rtol=1e-4)
@@ -94,8 +102,8 @@ def test_packed_eval_step_equals_unpacked():
   q, p = random_texts(8, 3, 9, seed=5), random_texts(8, 3, 15, seed=6)
   plain = dict(zip(('query_tokens', 'query_mask'), padded(q)))
   plain.update(zip(('positive_tokens', 'positive_mask'), padded(p)))
-  packed = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, ARCH.pad_id)))
-  packed.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, ARCH.pad_id)))
+  packed = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, 12, ARCH.pad_id)))
+  packed.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, 16, ARCH.pad_id)))
   want = step_lib.eval_step(state, plain, module=module, temperature=0.05, symmetric=True)
   got = step_lib.eval_step(state, packed, module=module, temperature=0.05, symmetric=True,
                            pack_texts=2)
@@ -115,8 +123,8 @@ def test_second_epoch_compiles_nothing():
   epoch = []
   for seed, high in ((7, 8), (8, 30), (9, 8)):  # two packed shapes, one repeated
     q, p = random_texts(8, 3, high, seed), random_texts(8, 3, high, seed + 10)
-    batch = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, ARCH.pad_id)))
-    batch.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, ARCH.pad_id)))
+    batch = dict(zip(('query_tokens', 'query_mask'), shards.pack(q, 4, 32, ARCH.pad_id)))
+    batch.update(zip(('positive_tokens', 'positive_mask'), shards.pack(p, 4, 32, ARCH.pad_id)))
     epoch.append(batch)
   assert len({b['positive_tokens'].shape for b in epoch}) == 2
   compiles = []
@@ -152,7 +160,7 @@ def test_fused_attention_equals_matmul_attention(packed, monkeypatch):
   real = encoder.fused_attention
   monkeypatch.setattr(encoder, 'fused_attention', lambda *a: calls.append(1) or real(*a))
   texts = random_texts(12, 2, 20, seed=3)
-  args, kwargs = (shards.pack(texts, 3, ARCH.pad_id), {'num_texts': len(texts)}) if packed else (
+  args, kwargs = (windows(texts, 3, 32), {'num_texts': len(texts)}) if packed else (
       padded(texts), {})
   plain, fused = encoder.Encoder(ARCH), encoder.Encoder(ARCH, attention='fused')
   params = init(plain)

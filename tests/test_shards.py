@@ -291,26 +291,35 @@ def test_missing_negative_names_the_pair(tmp_path, pairs, tokenizer):
 def _unpack(tokens, mask, num_texts):
   """The texts of packed rows, by text id: list of token lists."""
   texts = [[] for _ in range(num_texts)]
-  for row, ids in zip(tokens, mask):
+  for row, ids in zip(tokens.reshape(-1, tokens.shape[-1]), mask.reshape(-1, mask.shape[-1])):
     for t, i in zip(row, ids):
       if i:
         texts[i - 1].append(int(t))
   return texts
 
 
-def test_pack_balances_rows_and_keeps_every_text():
+def test_pack_fills_windows_and_keeps_every_text():
   rng = np.random.default_rng(0)
-  seqs = [rng.integers(5, 100, size=n) for n in rng.integers(3, 40, size=16)]
-  tokens, segments = shards.pack(seqs, 4, pad_id=1)
-  assert tokens.shape[0] == 4 and tokens.shape[1] % buckets.PACKED_STEP == 0
+  window = 40
+  seqs = [rng.integers(5, 100, size=n) for n in rng.integers(3, window + 1, size=16)]
+  tokens, segments = shards.pack(seqs, 4, window, pad_id=1)
+  rows, k, w = tokens.shape
+  assert (rows, w) == (4, window) and segments.shape == tokens.shape
   assert _unpack(tokens, segments, 16) == [s.tolist() for s in seqs]
   assert (tokens[segments == 0] == 1).all()
-  totals = (segments > 0).sum(1)
-  assert tokens.shape[1] == buckets.packed_length(totals.max())
-  assert totals.max() - totals.min() <= max(map(len, seqs))  # longest-first greedy balance
-  for row in segments:  # every text is one contiguous run
+  windows = segments.reshape(-1, window)
+  used = [set(row[row > 0].tolist()) for row in windows]
+  # Every text lies in one window, as one contiguous run: attention never needs to cross them.
+  assert sorted(i for u in used for i in u) == list(range(1, 17))
+  for row in windows:
     runs = [i for j, i in enumerate(row) if i and (j == 0 or row[j - 1] != i)]
     assert len(runs) == len(set(runs))
+  # The windows are best fit decreasing's; k is the fewest per row that hold them, the rest empty.
+  bins = buckets.pack_rows(np.array([len(s) for s in seqs]), window)
+  assert k == -(-len(bins) // rows) and sum(map(bool, used)) == len(bins)
+  assert [sorted(u) for u in used[:len(bins)]] == [sorted(i + 1 for i in b) for b in bins]
+  with pytest.raises(ValueError, match='window of 39'):
+    shards.pack(seqs + [np.arange(40)], 4, 39, pad_id=1)
 
 
 def test_packed_shards_round_trip(tmp_path, pairs, tokenizer):
@@ -334,7 +343,7 @@ def test_packed_shards_round_trip(tmp_path, pairs, tokenizer):
                                        ('positive', positives, 'passage', MAX_P),
                                        ('negative', negatives, 'passage', MAX_P)):
       tokens, mask = got[f'{side}_tokens'], got[f'{side}_mask']
-      assert tokens.shape[0] == len(texts) // pack
+      assert tokens.shape[0] == len(texts) // pack and tokens.shape[2] == max_len
       assert _unpack(tokens, mask, len(texts)) == _expected(tokenizer, texts, kind, max_len)
       np.testing.assert_array_equal(np.concatenate([a[f'{side}_mask'], b[f'{side}_mask']]), mask)
   with pytest.raises(ValueError, match='pack_texts'):

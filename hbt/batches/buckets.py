@@ -4,7 +4,10 @@ A batch is padded to the smallest bucket that holds its longest text, so the jit
 a handful of shapes (each compiles once) and short texts are not padded to the longest.
 """
 
+import bisect
+
 from absl import logging
+import numpy as np
 
 BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
@@ -22,12 +25,23 @@ def bucket(n: int, max_length: int) -> int:
   return max_length
 
 
-PACKED_STEP = 32  # Packed rows (several texts each) are padded to a multiple of this length.
-
-
-def packed_length(n: int) -> int:
-  """The padded length of a packed row of `n` tokens: the next multiple of PACKED_STEP."""
-  return max(PACKED_STEP, -(-n // PACKED_STEP) * PACKED_STEP)
+def pack_rows(lengths: np.ndarray, pack_length: int) -> list[list[int]]:
+  """Best fit decreasing: the indices of `lengths` (each <= pack_length) in rows of at most
+  pack_length tokens. Longest first, each text goes to the open row it leaves the least room in
+  (the first such row), else to a new row; rows in the order they were opened."""
+  rows, open_rows = [], []  # open_rows: sorted (room left, row)
+  for i in np.argsort(-np.asarray(lengths), kind='stable'):
+    n = int(lengths[i])
+    at = bisect.bisect_left(open_rows, (n, -1))
+    if at < len(open_rows):
+      room, row = open_rows.pop(at)
+      rows[row].append(int(i))
+    else:
+      room, row = pack_length, len(rows)
+      rows.append([int(i)])
+    if room > n:
+      bisect.insort(open_rows, (room - n, row))
+  return rows
 
 
 def fit_pack(train_config, batch_shards: int) -> int:

@@ -14,9 +14,9 @@ Element of the dataset (B global pairs, P processes, b = B / P rows per process)
   * 'query_lang', 'positive_lang': int32 [b], each language's index in LANGS (-1: not in it).
   * shards prepared with parallel sides only: 'query2_*' and 'positive2_*' as 'query_*' and
     'positive_*' (each id's query in the positive's language, its positive in the query's).
-Packed shards (manifest 'pack_texts' = n > 1): 'query_*' and 'positive_*' are [b / n, L] and
-'negative_*' [b * k / n, L], the mask holding text ids (see `shards`); each process gets its
-contiguous slice of rows.
+Packed shards (manifest 'pack_texts' = n > 1): 'query_*' and 'positive_*' are [b / n, w, W] and
+'negative_*' [b * k / n, w, W] (rows of w windows of W tokens), the mask holding text ids (see
+`shards`); each process gets its contiguous slice of rows.
 """
 
 from collections.abc import Iterator
@@ -62,7 +62,7 @@ def _feature_spec(manifest: dict) -> dict:
     spec[key] = tf.io.FixedLenFeature([b], tf.string)
   packed = manifest.get('pack_texts', 1) > 1
   for side in _sides(manifest):
-    rank = 3 if side == 'negative' and not packed else 2
+    rank = 3 if side == 'negative' or packed else 2
     spec[f'{side}_shape'] = tf.io.FixedLenFeature([rank], tf.int64)
     for part in ('tokens', 'mask'):
       spec[f'{side}_{part}'] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
@@ -96,7 +96,8 @@ def _parser(manifest: dict, process_index: int, process_count: int):
     for side in sides:
       shape = tf.cast(x[f'{side}_shape'], tf.int32)
       n = side_rows[side]
-      static = [rows, k, None] if side == 'negative' and pack == 1 else [n, None]
+      static = ([rows, k, None] if side == 'negative' and pack == 1 else
+                [n, None, None] if pack > 1 else [n, None])
       first = process_index * n
       for part in ('tokens', 'mask'):
         value = tf.reshape(tf.cast(x[f'{side}_{part}'], tf.int32), shape)[first:first + n]

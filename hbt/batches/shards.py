@@ -29,11 +29,14 @@ Tokens are right-padded with the tokenizer's pad id; masks are 1 on real tokens,
 Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) that holds the longest text
 of its side in that batch, so the train step sees only a few distinct shapes.
 
-Packed batches (`pack_texts` = n > 1): each side's texts are packed n to a row on average, so
-'query_*' and 'positive_*' are [B / n, L] and 'negative_*' [B * k / n, L] (shape rank 2). The mask
-holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on padding.
-Texts are spread over the rows longest first, each into the row with the fewest tokens so far, and L
-is the longest row rounded up to `buckets.packed_length`. `hbt.model.encoder.Encoder` (num_texts)
+Packed batches (`pack_texts` = n > 1): each side's texts go to windows of the side's max length W
+(best fit decreasing, `buckets.pack_rows`), and the windows fill B / n rows of k windows each, k
+the fewest that hold them all (the last windows may be empty). So 'query_*' and 'positive_*' are
+[B / n, k, W] and 'negative_*' [B * k_neg / n, k, W] (shape rank 3), n texts per row on average.
+The mask holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on
+padding. No text crosses a window, so attention runs within each window
+(`hbt.train.step.embed_texts` hands the encoder the windows as rows): an attention cost of
+k * W^2 per row instead of (k * W)^2, and few shapes (B / n and W are fixed, k varies little). `hbt.model.encoder.Encoder` (num_texts)
 reads such rows with block-diagonal attention and pools each text on its own.
 """
 
@@ -58,6 +61,9 @@ from hbt.data.pairs import PairSet
 from hbt.model import tokenizer as tokenizer_lib
 
 FORMAT_VERSION = 2  # 2: positive groups
+# Packed rows as windows (the module docstring); in the hash, so folders packed otherwise are not
+# reused.
+PACK_LAYOUT = 'windows'
 MANIFEST = input_pipeline.MANIFEST
 DEFAULT_NUM_SHARDS = 8
 HASH_PREFIX = 16
@@ -138,32 +144,35 @@ class EncodedSide:
   group: np.ndarray | None = None
 
 
-def pack(seqs: Sequence[np.ndarray], rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Packs token id arrays into `rows` rows: (tokens, text ids), both int32 [rows, L].
+def pack(seqs: Sequence[np.ndarray], rows: int, window: int,
+         pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Packs token id arrays (each at most `window` long) into `rows` rows of windows: (tokens,
+  text ids), both int32 [rows, k, window].
 
-  Longest first, each text goes to the row holding the fewest tokens so far (the first such row);
-  within a row texts keep that order. Text i's tokens are marked i + 1, padding 0. L is the longest
-  row's token count rounded up by `buckets.packed_length`.
+  Best fit decreasing (`buckets.pack_rows`) puts every text in a window of `window` tokens; the
+  windows, in the order they were opened, fill the rows row-major, k = ceil(windows / rows), and
+  any left over are empty. Within a window texts lie in contiguous runs, text i's tokens marked
+  i + 1, padding 0.
   """
-  totals = [0] * rows
-  members = [[] for _ in range(rows)]
-  for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
-    row = totals.index(min(totals))
-    members[row].append(i)
-    totals[row] += len(seqs[i])
-  return tokenizer_lib.fill_packed(seqs, members, buckets.packed_length(max(totals, default=1)),
-                                    pad_id)
+  lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+  if lengths.size and lengths.max() > window:
+    raise ValueError(f'a text of {lengths.max()} tokens does not fit a window of {window}')
+  members = buckets.pack_rows(lengths, window)
+  k = max(1, -(-len(members) // rows))
+  members += [[]] * (rows * k - len(members))
+  tokens, ids = tokenizer_lib.fill_packed(list(seqs), members, window, pad_id)
+  return tokens.reshape(rows, k, window), ids.reshape(rows, k, window)
 
 
 def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int,
                  pack_texts: int = 1) -> EncodedSide:
   """Tokenises `texts` in one call, truncates to `max_length`, pads to a bucket length (or packs
-  them `pack_texts` to a row, if > 1)."""
+  them `pack_texts` to a row on average, if > 1, in windows of max_length: `pack`)."""
   encoded = tokenizer.encode(list(texts), kind)
   lengths = [len(ids) for ids in encoded]
   kept = [truncate(ids, max_length) for ids in encoded]
   if pack_texts > 1:
-    tokens, mask = pack(kept, len(kept) // pack_texts, tokenizer.pad_id)
+    tokens, mask = pack(kept, len(kept) // pack_texts, max_length, tokenizer.pad_id)
   else:
     length = buckets.bucket(max((len(ids) for ids in kept), default=1), max_length)
     tokens, mask = pad(kept, length, tokenizer.pad_id)
@@ -190,7 +199,7 @@ def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_
   in the query's language; for a same-language pair, the same texts).
 
   Negative tokens and mask are [B, k, Ln]; the others [B, L]. With pack_texts = n > 1 the sides are
-  packed (see the module docstring): [B / n, L], negatives [B * k / n, L].
+  packed (see the module docstring): [B / n, k, W], negatives [B * k_neg / n, k, W].
 
   Raises:
     ValueError: a pair has fewer than `hard_negatives` negatives (names its lang and id), or
@@ -264,6 +273,13 @@ def _length_stats(lengths: Sequence[int], max_length: int) -> dict:
           'truncated': int(np.count_nonzero(a > max_length))}
 
 
+def _length_key(side: EncodedSide, packed: bool) -> str:
+  """A side's token shape in the manifest's counts: its length, or 'wxW' for packed rows (w
+  windows of W tokens per row)."""
+  shape = side.tokens.shape
+  return 'x'.join(map(str, shape[1:])) if packed else str(shape[-1])
+
+
 def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: int,
             max_passage_length: int, hard_negatives: int, pad_id: int,
             parallel: bool = False, pack_texts: int = 1) -> dict:
@@ -275,7 +291,7 @@ def _hashed(fields: Mapping, batch_size: int, num_steps: int, max_query_length: 
                       'max_passage_length': max_passage_length,
                       'hard_negatives': hard_negatives, 'pad_id': pad_id,
                       'buckets': buckets.BUCKETS, **({'parallel': True} if parallel else {}),
-                      **({'pack_texts': pack_texts, 'packed_step': buckets.PACKED_STEP}
+                      **({'pack_texts': pack_texts, 'pack_layout': PACK_LAYOUT}
                          if pack_texts > 1 else {})}}
 
 
@@ -311,7 +327,8 @@ def prepare(out_root: str | os.PathLike, fields: Mapping, sampler: sampler_lib.S
   holding steps i, i+S, ...), 'describe' (`sampler.describe` of the batches), 'lengths' (per side:
   num_texts, mean, p50, p95, max of the lengths before truncation, and 'truncated'), 'buckets'
   (per side: the allowed lengths and the count of batches padded to each), 'shapes' (count of
-  batches per 'Lq,Lp' or 'Lq,Lp,Ln'), 'fill' (per side: real tokens / padded tokens),
+  batches per 'Lq,Lp' or 'Lq,Lp,Ln'; packed: 'wxW', w windows of W per row), 'fill' (per side:
+  real tokens / padded tokens),
   'pack_texts' and 'false_negatives' (the (query, candidate) pairs the loss masks as in-batch false
   negatives, see `false_negative_count`: total, mean and max per batch, batches with any).
 
@@ -408,13 +425,13 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
       writers[step % len(writers)].write(to_example(batch, sides))
       batches.append(batch)
       masked.append(false_negative_count(sides))
+      keys = {name: _length_key(side, pack_texts > 1) for name, side in sides.items()}
       for name, side in sides.items():
         lengths[name].extend(side.lengths)
-        length = str(side.tokens.shape[-1])
-        counts[name][length] = counts[name].get(length, 0) + 1
+        counts[name][keys[name]] = counts[name].get(keys[name], 0) + 1
         fill[name][0] += int(np.count_nonzero(side.mask))
         fill[name][1] += int(side.mask.size)
-      shape = ','.join(str(side.tokens.shape[-1]) for side in sides.values())
+      shape = ','.join(keys.values())
       shapes[shape] = shapes.get(shape, 0) + 1
   except BaseException:
     for writer in writers:
@@ -432,7 +449,8 @@ def _write_shards(folder: epath.Path, names: Sequence[str], sampler, pairs, toke
       'describe': sampler_lib.describe(batches),
       'lengths': {side: _length_stats(lengths[side], max_lengths[side]) for side in used},
       'buckets': {side: {'allowed': list(buckets.lengths(max_lengths[side])),
-                         'counts': dict(sorted(counts[side].items(), key=lambda kv: int(kv[0])))}
+                         'counts': dict(sorted(counts[side].items(), key=lambda kv: [
+                             int(n) for n in kv[0].split('x')]))}
                   for side in used},
       'shapes': dict(sorted(shapes.items())),
       'false_negatives': {'masked': int(sum(masked)), 'per_batch': float(np.mean(masked)),

@@ -17,7 +17,6 @@ Under jax.distributed every process tokenises and pads the whole global batch, a
 rows of its own devices (`sharding.global_array`); the embeddings are gathered to every process.
 """
 
-import bisect
 import time
 
 from absl import logging
@@ -43,34 +42,15 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int, multip
   return plan
 
 
-def pack_rows(lengths: np.ndarray, pack_length: int) -> list[list[int]]:
-  """Best fit decreasing: the indices of `lengths` (each <= pack_length) in rows of at most
-  pack_length tokens. Longest first, each text goes to the open row it leaves the least room in
-  (the first such row), else to a new row; rows in the order they were opened."""
-  rows, open_rows = [], []  # open_rows: sorted (room left, row)
-  for i in np.argsort(-lengths, kind='stable'):
-    n = int(lengths[i])
-    at = bisect.bisect_left(open_rows, (n, -1))
-    if at < len(open_rows):
-      room, row = open_rows.pop(at)
-      rows[row].append(int(i))
-    else:
-      room, row = pack_length, len(rows)
-      rows.append([int(i)])
-    if room > n:
-      bisect.insort(open_rows, (room - n, row))
-  return rows
-
-
 def plan_packed(lengths: np.ndarray, batch_tokens: int, max_length: int, pack_length: int,
                 multiple: int = 1):
   """The plan of `encode_texts`: [(length, rows, batch size, num_texts)], every text once.
 
   Texts longer than pack_length (all, if it is 0): plan_batches' bucketed batches, `rows` the
   text indices one per row, num_texts None. The others: batches of `batch size` packed rows of
-  pack_length tokens (`pack_rows`), `rows` a list of each row's text indices, num_texts the text
-  slots of every packed batch (the most texts a batch holds, up to a power of two and a multiple of
-  `multiple`).
+  pack_length tokens (`buckets.pack_rows`), `rows` a list of each row's text indices, num_texts
+  the text slots of every packed batch (the most texts a batch holds, up to a power of two and a
+  multiple of `multiple`).
   """
   pack_length = min(pack_length, max_length)
   long = np.flatnonzero(lengths > pack_length) if pack_length else np.arange(len(lengths))
@@ -79,7 +59,8 @@ def plan_packed(lengths: np.ndarray, batch_tokens: int, max_length: int, pack_le
   if not pack_length:
     return plan
   short = np.flatnonzero(lengths <= pack_length)
-  rows = [[int(short[i]) for i in row] for row in pack_rows(lengths[short], pack_length)]
+  rows = [[int(short[i]) for i in row]
+          for row in buckets.pack_rows(lengths[short], pack_length)]
   size = max(multiple, (batch_tokens // pack_length) // multiple * multiple)
   batches = [rows[s:s + size] for s in range(0, len(rows), size)]
   most = max((sum(map(len, b)) for b in batches), default=1)

@@ -64,15 +64,15 @@ def _abstract_batch(config, mesh) -> dict:
   step (`input_pipeline`'s arrays), split like the real ones: the text sides' tokens and masks,
   their positive groups, the language ids, and the parallel sides under an alignment term."""
   t, spec = config.train, sharding.batch_sharding(mesh)
-  p = t.pack_texts  # packed rows (hbt.batches.shards): B / p rows of at most p longest texts,
-  # padded to a multiple of buckets.PACKED_STEP
-  q, l = ((t.max_query_length, t.max_passage_length) if p == 1 else
-          (buckets.packed_length(p * t.max_query_length),
-           buckets.packed_length(p * t.max_passage_length)))
-  shapes = {'query': (t.batch_size // p, q), 'positive': (t.batch_size // p, l)}
+  p = t.pack_texts  # packed rows (hbt.batches.shards): B / p rows of windows of the max length,
+  # at most p windows a row (p texts a row on average, each text filling a window at worst)
+  shapes = ({'query': (t.batch_size, t.max_query_length),
+             'positive': (t.batch_size, t.max_passage_length)} if p == 1 else
+            {'query': (t.batch_size // p, p, t.max_query_length),
+             'positive': (t.batch_size // p, p, t.max_passage_length)})
   if t.hard_negatives:
-    shapes['negative'] = ((t.batch_size, t.hard_negatives, l) if p == 1 else
-                          (t.batch_size * t.hard_negatives // p, l))
+    shapes['negative'] = ((t.batch_size, t.hard_negatives, t.max_passage_length) if p == 1 else
+                          (t.batch_size * t.hard_negatives // p, p, t.max_passage_length))
   if loop.parallel_sides(config):
     shapes.update(query2=shapes['query'], positive2=shapes['positive'])
   int32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec)

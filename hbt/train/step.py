@@ -181,18 +181,20 @@ def embed_texts(module: nn.Module, params: dict, tokens: jax.Array, mask: jax.Ar
   Args:
     module: the encoder.
     params: its full params.
-    tokens, mask: [B, L] or [B, k, L] (one text per row), or packed rows [R, L] holding
-      R * pack_texts texts, the mask giving each token's text id (see `hbt.batches.shards`).
+    tokens, mask: [B, L] or [B, k, L] (one text per row), or packed rows [R, w, W] of w windows
+      holding R * pack_texts texts, no text crossing a window, the mask giving each token's text id
+      (see `hbt.batches.shards`). The encoder sees the R * w windows as its rows, so attention
+      costs w * W^2 per row, not (w * W)^2.
     num_pairs: B, the pairs of the batch.
-    pack_texts: texts per packed row; 1 if the rows are not packed.
-    **kwargs: passed to `module.apply` (deterministic, rngs).
+    pack_texts: texts per packed row (on average); 1 if the rows are not packed.
+    **kwargs: passed to `module.apply` (deterministic, rngs, rows: one id per encoder row).
   """
+  flat = tokens.reshape(-1, tokens.shape[-1])
   if pack_texts == 1:
-    flat = tokens.reshape(-1, tokens.shape[-1])
     out = module.apply({'params': params}, flat, mask.reshape(flat.shape), **kwargs)
     return out.reshape(*tokens.shape[:-1], out.shape[-1])
-  out = module.apply({'params': params}, tokens, mask, num_texts=tokens.shape[0] * pack_texts,
-                     **kwargs)
+  out = module.apply({'params': params}, flat, mask.reshape(flat.shape),
+                     num_texts=tokens.shape[0] * pack_texts, **kwargs)
   return out if out.shape[0] == num_pairs else out.reshape(num_pairs, -1, out.shape[-1])
 
 
