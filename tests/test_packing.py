@@ -183,3 +183,21 @@ def test_fused_attention_keeps_attention_dropout_in_training():
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   evaluated = fused.apply({'params': params}, ids, mask, deterministic=True)
   assert np.abs(np.asarray(evaluated) - np.asarray(want)).max() > 1e-4  # dropout really was on
+
+
+def test_embed_texts_hands_the_encoder_windows_as_rows():
+  """Attention runs per window: the encoder sees [rows * k, W], not rows of k * W tokens."""
+  module = encoder.Encoder(ARCH)
+  params = init(module)
+  texts = random_texts(8, 3, 12, seed=11)
+  tokens, segments = shards.pack(texts, 2, 16, ARCH.pad_id)
+  assert tokens.shape[1] > 1
+  seen = []
+  real = module.apply
+  spy = lambda variables, ids, *args, **kwargs: seen.append(ids.shape) or real(
+      variables, ids, *args, **kwargs)
+  object.__setattr__(module, 'apply', spy)
+  got = step_lib.embed_texts(module, params, tokens, segments, num_pairs=8, pack_texts=4)
+  assert seen == [(tokens.shape[0] * tokens.shape[1], 16)]
+  want = np.asarray(real({'params': params}, *padded(texts)))
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)

@@ -30,14 +30,14 @@ Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) tha
 of its side in that batch, so the train step sees only a few distinct shapes.
 
 Packed batches (`pack_texts` = n > 1): each side's texts go to windows of the side's max length W
-(best fit decreasing, `buckets.pack_rows`), and the windows fill B / n rows of k windows each, k
-the fewest that hold them all (the last windows may be empty). So 'query_*' and 'positive_*' are
-[B / n, k, W] and 'negative_*' [B * k_neg / n, k, W] (shape rank 3), n texts per row on average.
-The mask holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on
-padding. No text crosses a window, so attention runs within each window
-(`hbt.train.step.embed_texts` hands the encoder the windows as rows): an attention cost of
-k * W^2 per row instead of (k * W)^2, and few shapes (B / n and W are fixed, k varies little). `hbt.model.encoder.Encoder` (num_texts)
-reads such rows with block-diagonal attention and pools each text on its own.
+(best fit decreasing, `buckets.pack_rows`), and the windows fill B / n rows of k windows each, k the
+fewest that hold them all (the last windows may be empty). So 'query_*' and 'positive_*' are [B / n,
+k, W] and 'negative_*' [B * k_neg / n, k, W] (shape rank 3), n texts per row on average. The mask
+holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on padding. No
+text crosses a window, so attention runs within each window (`hbt.train.step.embed_texts` hands the
+encoder the windows as rows): an attention cost of k * W^2 per row instead of (k * W)^2, and few
+shapes (B / n and W are fixed, k varies little). `hbt.model.encoder.Encoder` (num_texts) reads such
+rows with block-diagonal attention and pools each text on its own.
 """
 
 from collections.abc import Mapping, Sequence
