@@ -30,14 +30,15 @@ Each of Lq, Lp, Ln is the smallest bucket length (see `hbt.batches.buckets`) tha
 of its side in that batch, so the train step sees only a few distinct shapes.
 
 Packed batches (`pack_texts` = n > 1): each side's texts go to windows of the side's max length W
-(best fit decreasing, `buckets.pack_rows`), and the windows fill B / n rows of k windows each, k the
-fewest that hold them all (the last windows may be empty). So 'query_*' and 'positive_*' are [B / n,
-k, W] and 'negative_*' [B * k_neg / n, k, W] (shape rank 3), n texts per row on average. The mask
-holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on padding. No
-text crosses a window, so attention runs within each window (`hbt.train.step.embed_texts` hands the
-encoder the windows as rows): an attention cost of k * W^2 per row instead of (k * W)^2, and few
-shapes (B / n and W are fixed, k varies little). `hbt.model.encoder.Encoder` (num_texts) reads such
-rows with block-diagonal attention and pools each text on its own.
+(best fit decreasing, `buckets.pack_rows`), and the windows fill B / n rows of w windows each, w
+the fewest that hold them all (the last windows may be empty). So 'query_*' and 'positive_*' are
+[B / n, w, W] and 'negative_*' [B * k / n, w, W] (shape rank 3), n texts per row on average. The
+mask holds each token's text id: i + 1 for the side's text i (pair-major for negatives), 0 on
+padding. No text crosses a window, so attention runs within each window
+(`hbt.train.step.embed_texts` hands the encoder the windows as rows): an attention cost of
+w * W^2 per row instead of (w * W)^2, and few shapes (B / n and W are fixed, w varies little).
+`hbt.model.encoder.Encoder` (num_texts) reads such rows with block-diagonal attention and pools
+each text on its own.
 """
 
 from collections.abc import Mapping, Sequence
@@ -147,10 +148,10 @@ class EncodedSide:
 def pack(seqs: Sequence[np.ndarray], rows: int, window: int,
          pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Packs token id arrays (each at most `window` long) into `rows` rows of windows: (tokens,
-  text ids), both int32 [rows, k, window].
+  text ids), both int32 [rows, w, window].
 
   Best fit decreasing (`buckets.pack_rows`) puts every text in a window of `window` tokens; the
-  windows, in the order they were opened, fill the rows row-major, k = ceil(windows / rows), and
+  windows, in the order they were opened, fill the rows row-major, w = ceil(windows / rows), and
   any left over are empty. Within a window texts lie in contiguous runs, text i's tokens marked
   i + 1, padding 0.
   """
@@ -158,10 +159,10 @@ def pack(seqs: Sequence[np.ndarray], rows: int, window: int,
   if lengths.size and lengths.max() > window:
     raise ValueError(f'a text of {lengths.max()} tokens does not fit a window of {window}')
   members = buckets.pack_rows(lengths, window)
-  k = max(1, -(-len(members) // rows))
-  members += [[]] * (rows * k - len(members))
+  w = max(1, -(-len(members) // rows))
+  members += [[]] * (rows * w - len(members))
   tokens, ids = tokenizer_lib.fill_packed(list(seqs), members, window, pad_id)
-  return tokens.reshape(rows, k, window), ids.reshape(rows, k, window)
+  return tokens.reshape(rows, w, window), ids.reshape(rows, w, window)
 
 
 def _encode_side(tokenizer, texts: Sequence[str], kind: str, max_length: int,
@@ -199,7 +200,7 @@ def encode_batch(batch: sampler_lib.Batch, pairs: PairSet, tokenizer, max_query_
   in the query's language; for a same-language pair, the same texts).
 
   Negative tokens and mask are [B, k, Ln]; the others [B, L]. With pack_texts = n > 1 the sides are
-  packed (see the module docstring): [B / n, k, W], negatives [B * k_neg / n, k, W].
+  packed (see the module docstring): [B / n, w, W], negatives [B * k / n, w, W].
 
   Raises:
     ValueError: a pair has fewer than `hard_negatives` negatives (names its lang and id), or
