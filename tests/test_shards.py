@@ -298,6 +298,14 @@ def _unpack(tokens, mask, num_texts):
   return texts
 
 
+def test_pack_rows_best_fit_decreasing():
+  lengths = np.array([5, 9, 3, 7, 2, 4])
+  rows = buckets.pack_rows(lengths, 10)
+  # Longest first: 9, 7 and 5 each open a row (rooms 1, 3, 5); 4 fits best in 5's row (room 1
+  # left), 3 fills 7's row exactly; 2 fits in no room left (1, 1) and opens a row.
+  assert rows == [[1], [3, 2], [0, 5], [4]]
+
+
 def test_pack_fills_windows_and_keeps_every_text():
   rng = np.random.default_rng(0)
   window = 40
